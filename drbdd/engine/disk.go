@@ -1,0 +1,276 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"drbdd/drbdd/bdev"
+	"drbdd/drbdd/meta"
+	"drbdd/drbdd/replication"
+	"drbdd/netlink"
+)
+
+// localDisk is an attached backing disk with its metadata.
+type localDisk struct {
+	dev   bdev.Device // the data
+	mdDev bdev.Device // the metadata device; dev itself for internal metadata
+	// size is the exported data size in bytes.
+	size int64
+	io   *ioState
+
+	// mu guards md, whose Store is not safe for concurrent use; alFree is
+	// signalled whenever activity-log references are dropped.
+	mu     sync.Mutex
+	alFree *sync.Cond
+	md     *meta.Store
+}
+
+// randomUUID returns a fresh generation UUID.
+func randomUUID() uint64 { return meta.RandomUUID() }
+
+// openDisk opens the backing device and its metadata.
+func openDisk(dc netlink.DiskConf, io *ioState) (*localDisk, error) {
+	mode, err := bdev.ParseDirectIO(dc.DirectIO)
+	if err != nil {
+		return nil, coded(netlink.ErrInvalidRequest, err)
+	}
+	dev, err := bdev.OpenFile(dc.BackingDev, mode)
+	if err != nil {
+		return nil, coded(netlink.ErrOpenDisk, err)
+	}
+	ld := &localDisk{dev: dev, mdDev: dev, io: io}
+	if !dc.MetaInternal {
+		// Metadata I/O is small and synced; the page cache is fine.
+		if ld.mdDev, err = bdev.OpenFile(dc.MetaDev, bdev.DirectOff); err != nil {
+			dev.Close()
+			return nil, coded(netlink.ErrOpenMetaDisk, err)
+		}
+	}
+	ld.alFree = sync.NewCond(&ld.mu)
+	layout, err := meta.LayoutFor(dc.MetaInternal, dev.Size(), ld.mdDev.Size(), int(dc.ALExtents))
+	if err == nil {
+		ld.md, err = meta.Open(ld.mdDev, layout)
+	}
+	if err != nil {
+		ld.closeDevices()
+		return nil, coded(netlink.ErrMetaInvalid, fmt.Errorf("%w ==> use 'drbdadm create-md' to initialize meta-data <==", err))
+	}
+	ld.size = layout.DataBytes
+	return ld, nil
+}
+
+func (ld *localDisk) closeDevices() {
+	ld.dev.Close()
+	if ld.mdDev != ld.dev {
+		ld.mdDev.Close()
+	}
+}
+
+// close writes clean metadata and releases the devices.
+func (ld *localDisk) close() error {
+	ld.mu.Lock()
+	err := ld.md.Close()
+	ld.mu.Unlock()
+	if e := ld.dev.Sync(); err == nil {
+		err = e
+	}
+	ld.closeDevices()
+	return err
+}
+
+// extents returns the 4 MiB activity-log extents [off, off+n) touches.
+func extents(off, n int64) []uint32 {
+	if n <= 0 {
+		n = 1
+	}
+	first := off / meta.ALExtentSize
+	last := (off + n - 1) / meta.ALExtentSize
+	out := make([]uint32, 0, last-first+1)
+	for e := first; e <= last; e++ {
+		out = append(out, uint32(e))
+	}
+	return out
+}
+
+// beginWrite records the extents of a write in the activity log before the
+// data is written, so that after a crash only logged extents need resync.
+func (ld *localDisk) beginWrite(off, n int64) error {
+	ext := extents(off, n)
+	ld.mu.Lock()
+	defer ld.mu.Unlock()
+	for {
+		before := ld.md.AL().NextTransaction()
+		err := ld.md.ALBegin(ext)
+		if errors.Is(err, meta.ErrALBusy) {
+			// Every slot is referenced by writes in flight: wait for one.
+			ld.alFree.Wait()
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if after := ld.md.AL().NextTransaction(); after != before {
+			ld.io.alWrites.Add(after - before)
+		}
+		return nil
+	}
+}
+
+// endWrite drops the activity-log references of a finished write.
+func (ld *localDisk) endWrite(off, n int64) {
+	ld.mu.Lock()
+	defer ld.mu.Unlock()
+	_ = ld.md.ALComplete(extents(off, n))
+	ld.alFree.Broadcast()
+}
+
+// markOutOfSync records blocks the peer does not have.
+func (ld *localDisk) markOutOfSync(off, n int64) {
+	ld.mu.Lock()
+	ld.md.Bitmap().Set(off, off+n)
+	ld.mu.Unlock()
+}
+
+func (ld *localDisk) outOfSyncKiB() uint64 {
+	ld.mu.Lock()
+	defer ld.mu.Unlock()
+	return uint64(ld.md.Bitmap().Count()) * (meta.BMBlockSize / 1024)
+}
+
+func (ld *localDisk) uuids() meta.UUIDs {
+	ld.mu.Lock()
+	defer ld.mu.Unlock()
+	return ld.md.UUIDs()
+}
+
+func (ld *localDisk) flags() meta.Flags {
+	ld.mu.Lock()
+	defer ld.mu.Unlock()
+	return ld.md.Superblock().Flags
+}
+
+// updateUUIDs applies fn to the generation UUIDs and writes them durably.
+func (ld *localDisk) updateUUIDs(fn func(*meta.UUIDs)) error {
+	ld.mu.Lock()
+	defer ld.mu.Unlock()
+	u := ld.md.UUIDs()
+	fn(&u)
+	if u == ld.md.UUIDs() {
+		return nil
+	}
+	return ld.md.SetUUIDs(u)
+}
+
+// syncFlags writes the metadata flags that follow from a state, as DRBD
+// does after every state change, so that a restart knows whether its data
+// was consistent, up to date, or Primary.
+func (ld *localDisk) syncFlags(s replication.State) error {
+	want := FlagsForState(s)
+	ld.mu.Lock()
+	defer ld.mu.Unlock()
+	const owned = meta.MDFConsistent | meta.MDFPrimaryInd | meta.MDFConnectedInd | meta.MDFWasUpToDate | meta.MDFPeerOutDated
+	cur := ld.md.Superblock().Flags
+	if cur&owned == want {
+		return nil
+	}
+	return ld.md.Update(func(sb *meta.Superblock) { sb.Flags = sb.Flags&^owned | want })
+}
+
+// FlagsForState returns the state-derived metadata flags (DRBD's rule in
+// __drbd_set_state): Primary indicator, connected indicator, consistent,
+// was-up-to-date and peer-outdated.
+func FlagsForState(s replication.State) meta.Flags {
+	var f meta.Flags
+	if s.Role == replication.Primary || (s.PDsk < replication.Inconsistent && s.Peer == replication.Primary) {
+		f |= meta.MDFPrimaryInd
+	}
+	if s.Conn > replication.WFReportParams {
+		f |= meta.MDFConnectedInd
+	}
+	if s.Disk > replication.Inconsistent {
+		f |= meta.MDFConsistent
+	}
+	if s.Disk > replication.Outdated {
+		f |= meta.MDFWasUpToDate
+	}
+	if s.PDsk <= replication.Outdated && s.PDsk >= replication.Inconsistent {
+		f |= meta.MDFPeerOutDated
+	}
+	return f
+}
+
+// DiskStateFromFlags returns the disk states a freshly attached disk gets
+// from its metadata flags (DRBD's drbd_adm_attach): consistent data that
+// was up to date comes back UpToDate when no fencing policy asks to wait
+// for the peer; a known-outdated peer is remembered.
+func DiskStateFromFlags(f meta.Flags, fencing replication.Fencing) (disk, pdsk replication.DiskState) {
+	disk, pdsk = replication.Inconsistent, replication.DUnknown
+	if f&meta.MDFConsistent != 0 {
+		disk = replication.Outdated
+		if f&meta.MDFWasUpToDate != 0 {
+			disk = replication.Consistent
+		}
+	}
+	if f&meta.MDFPeerOutDated != 0 {
+		pdsk = replication.Outdated
+	}
+	if disk == replication.Consistent && (pdsk == replication.Outdated || fencing == replication.FenceDontCare) {
+		disk = replication.UpToDate
+	}
+	return disk, pdsk
+}
+
+// Attach opens the backing disk and its metadata (DRBD_ADM_ATTACH).
+func (r *Resource) Attach(ctx context.Context, dc netlink.DiskConf) error {
+	return r.act(ctx, func() error {
+		if r.ldev.Load() != nil {
+			return coded(netlink.ErrDiskConfigured, fmt.Errorf("%s: already attached to %s", r.name, r.diskConf.BackingDev))
+		}
+		if r.Minor() < 0 {
+			return coded(netlink.ErrMinorInvalid, fmt.Errorf("%s: no minor: run new-minor first", r.name))
+		}
+		ns := r.State()
+		ns.Disk = replication.Attaching
+		if err := r.setState(ns, false); err != nil {
+			return err
+		}
+		ld, err := openDisk(dc, &r.io)
+		if err != nil {
+			ns.Disk = replication.Diskless
+			_ = r.setState(ns, true)
+			return fmt.Errorf("%s: attach %s: %w", r.name, dc.BackingDev, err)
+		}
+		rec := ld.md.Recovery()
+		if !rec.Clean {
+			r.logf("meta data was not closed cleanly: applied activity log (%d extents, %d KiB marked out of sync)",
+				len(rec.ALExtents), rec.BitsSet*meta.BMBlockSize/1024)
+		}
+		r.diskConf = &dc
+		r.onIOError.Store(dc.OnIOError)
+		ns.Disk, ns.PDsk = DiskStateFromFlags(ld.flags(), r.checkContext(true).Fencing)
+		r.ldev.Store(ld)
+		if err := r.setState(ns, true); err != nil {
+			return err
+		}
+		r.logf("attached %s: %d KiB data, UUIDs %s", dc.BackingDev, ld.size>>10, ld.uuids())
+		return nil
+	})
+}
+
+// diskConfSnapshot returns the on-io-error policy for the I/O path.
+func (r *Resource) diskConfSnapshot() string {
+	v, _ := r.onIOError.Load().(string)
+	return v
+}
+
+// promoted updates UUIDs and flags after promotion.
+func (ld *localDisk) promoted(forced, disconnected bool) error {
+	return ld.updateUUIDs(func(u *meta.UUIDs) { u.Promote(randomUUID(), !disconnected, forced) })
+}
+
+// demoted clears the Primary bit of the current UUID.
+func (ld *localDisk) demoted() error {
+	return ld.updateUUIDs(func(u *meta.UUIDs) { u.Demote() })
+}

@@ -1,0 +1,259 @@
+package engine
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"drbdd/drbdd/bdev"
+	"drbdd/drbdd/replication"
+	"drbdd/nbd"
+)
+
+// Counters are the /proc/drbd counters. Byte counters are in bytes here and
+// shown in KiB; the rest count requests or transactions.
+type Counters struct {
+	NetSend, NetRecv, DiskWrite, DiskRead uint64
+	ALWrites, BMWrites                    uint64
+	LocalCount, Pending, Unacked          int64
+	AppPending, Epochs                    int64
+}
+
+// ioState holds a resource's I/O counters and the locks of its request path.
+type ioState struct {
+	netSend, netRecv, diskWrite, diskRead atomic.Uint64
+	alWrites, bmWrites                    atomic.Uint64
+	local, pending, unacked, appPending   atomic.Int64
+	epochs                                atomic.Int64
+
+	// gate is held shared by every request while it uses the local disk
+	// and exclusively by detach, which therefore waits for requests in
+	// flight before it closes the disk.
+	gate sync.RWMutex
+
+	// writes serializes overlapping writes, so both replicas apply them in
+	// the same order (DRBD's conflict detection for local requests).
+	writes rangeLock
+}
+
+func (s *ioState) init() { s.writes.init() }
+
+func (s *ioState) snapshot() Counters {
+	return Counters{
+		NetSend: s.netSend.Load(), NetRecv: s.netRecv.Load(),
+		DiskWrite: s.diskWrite.Load(), DiskRead: s.diskRead.Load(),
+		ALWrites: s.alWrites.Load(), BMWrites: s.bmWrites.Load(),
+		LocalCount: s.local.Load(), Pending: s.pending.Load(), Unacked: s.unacked.Load(),
+		AppPending: s.appPending.Load(), Epochs: s.epochs.Load(),
+	}
+}
+
+// drain waits until no request uses the local disk.
+func (s *ioState) drain() {
+	s.gate.Lock()
+	//lint:ignore SA2001 an empty critical section is the point: it waits for readers.
+	s.gate.Unlock()
+}
+
+// rangeLock lets at most one writer own any byte range at a time.
+type rangeLock struct {
+	// mu guards active.
+	mu     sync.Mutex
+	active map[*lockedRange]struct{}
+}
+
+type lockedRange struct {
+	off, end int64
+	done     chan struct{}
+}
+
+func (l *rangeLock) init() { l.active = map[*lockedRange]struct{}{} }
+
+// acquire blocks until [off, off+n) overlaps no active range, then owns it.
+func (l *rangeLock) acquire(off, n int64) *lockedRange {
+	me := &lockedRange{off: off, end: off + n, done: make(chan struct{})}
+	l.mu.Lock()
+	for {
+		var wait chan struct{}
+		for a := range l.active {
+			if a.off < me.end && me.off < a.end {
+				wait = a.done
+				break
+			}
+		}
+		if wait == nil {
+			break
+		}
+		l.mu.Unlock()
+		<-wait
+		l.mu.Lock()
+	}
+	l.active[me] = struct{}{}
+	l.mu.Unlock()
+	return me
+}
+
+func (l *rangeLock) release(r *lockedRange) {
+	l.mu.Lock()
+	delete(l.active, r)
+	l.mu.Unlock()
+	close(r.done)
+}
+
+// writeKind says what a write request does to its range.
+type writeKind uint8
+
+const (
+	writeData writeKind = iota
+	writeTrim
+	writeZeroes
+)
+
+// backend is the nbd.Backend of one NBD connection to a Primary.
+type backend struct {
+	r    *Resource
+	size int64
+}
+
+func (b *backend) Size() int64 { return b.size }
+
+// ioError turns a local disk error into what the NBD client sees, after the
+// resource applied its on-io-error policy.
+func (r *Resource) ioError(op string, off int64, err error) error {
+	r.localIOError(op, off, err)
+	return fmt.Errorf("%s: local %s at %d: %w", r.name, op, off, err)
+}
+
+func (b *backend) ReadAt(p []byte, off int64) error {
+	r := b.r
+	r.io.gate.RLock()
+	defer r.io.gate.RUnlock()
+	ld := r.ldev.Load()
+	if ld == nil {
+		return fmt.Errorf("%s: no local disk", r.name)
+	}
+	r.io.local.Add(1)
+	_, err := ld.dev.ReadAt(p, off)
+	r.io.local.Add(-1)
+	if err != nil {
+		return r.ioError("read", off, err)
+	}
+	r.io.diskRead.Add(uint64(len(p)))
+	return nil
+}
+
+func (b *backend) WriteAt(p []byte, off int64, fua bool) error {
+	return b.r.write(writeData, p, off, int64(len(p)), fua)
+}
+
+func (b *backend) Trim(off, length int64, fua bool) error {
+	return b.r.write(writeTrim, nil, off, length, fua)
+}
+
+func (b *backend) WriteZeroes(off, length int64, noHole, fua bool) error {
+	kind := writeTrim
+	if noHole {
+		kind = writeZeroes
+	}
+	return b.r.write(kind, nil, off, length, fua)
+}
+
+func (b *backend) Flush() error { return b.r.flush() }
+
+// write is the application write path of a Primary: it owns the range,
+// writes locally and records the blocks the peer does not have.
+func (r *Resource) write(kind writeKind, p []byte, off, length int64, fua bool) error {
+	r.io.gate.RLock()
+	defer r.io.gate.RUnlock()
+	if st := r.State(); st.Role != replication.Primary {
+		return fmt.Errorf("%s: %w: not Primary", r.name, nbd.ErrNotPermitted)
+	}
+	ld := r.ldev.Load()
+	if ld == nil {
+		return fmt.Errorf("%s: no local disk", r.name)
+	}
+	r.io.appPending.Add(1)
+	defer r.io.appPending.Add(-1)
+	lr := r.io.writes.acquire(off, length)
+	defer r.io.writes.release(lr)
+
+	if err := ld.beginWrite(off, length); err != nil {
+		return r.ioError("activity log update", off, err)
+	}
+	defer ld.endWrite(off, length)
+
+	r.io.local.Add(1)
+	err := localWrite(ld.dev, kind, p, off, length, fua)
+	r.io.local.Add(-1)
+	if err != nil {
+		return r.ioError("write", off, err)
+	}
+	r.io.diskWrite.Add(uint64(length))
+	// No peer has these blocks yet.
+	ld.markOutOfSync(off, length)
+	return nil
+}
+
+// localWrite applies one write request to a disk.
+func localWrite(dev bdev.Device, kind writeKind, p []byte, off, length int64, fua bool) error {
+	var err error
+	switch kind {
+	case writeData:
+		if fua {
+			_, err = bdev.WriteFUA(dev, p, off)
+		} else {
+			_, err = dev.WriteAt(p, off)
+		}
+		return err
+	case writeTrim:
+		err = bdev.Trim(dev, off, length)
+	case writeZeroes:
+		err = bdev.WriteZeroes(dev, off, length)
+	}
+	if err == nil && fua {
+		err = dev.Sync()
+	}
+	return err
+}
+
+// flush makes every completed write durable.
+func (r *Resource) flush() error {
+	r.io.gate.RLock()
+	defer r.io.gate.RUnlock()
+	ld := r.ldev.Load()
+	if ld == nil {
+		return fmt.Errorf("%s: no local disk", r.name)
+	}
+	if err := ld.dev.Sync(); err != nil {
+		return r.ioError("flush", 0, err)
+	}
+	return nil
+}
+
+// localIOError applies on-io-error: with "detach" (the default) the disk
+// is detached asynchronously, so the node keeps running diskless.
+func (r *Resource) localIOError(op string, off int64, err error) {
+	r.logf("local I/O error on %s at offset %d: %v", op, off, err)
+	policy := "detach"
+	if dc := r.diskConfSnapshot(); dc != "" {
+		policy = dc
+	}
+	if policy != "detach" {
+		return
+	}
+	go func() {
+		// Off the request path: detach waits for requests in flight,
+		// including the one that reported this error.
+		_ = r.act(r.d.ctx, func() error {
+			ns := r.State()
+			if ns.Disk == replication.Diskless || ns.Disk == replication.Failed {
+				return nil
+			}
+			ns.Disk = replication.Failed
+			if err := r.setState(ns, true); err != nil {
+				return err
+			}
+			return r.detach(true)
+		})
+	}()
+}

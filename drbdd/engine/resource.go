@@ -1,0 +1,493 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+
+	"drbdd/drbdd/replication"
+	"drbdd/drbdd/status"
+	"drbdd/nbd"
+	"drbdd/netlink"
+)
+
+// opQueue bounds how many admin or event operations may wait for a
+// resource's state owner.
+const opQueue = 64
+
+// Resource is one replicated volume: its state, its local disk, its NBD
+// export and (later) its peer connection.
+//
+// One goroutine, run, owns the state: every change, whether an admin
+// command, a disk error or a packet from the peer, is a closure sent to it
+// over ops. Readers on the I/O path use the atomically published snapshot.
+type Resource struct {
+	d    *Daemon
+	name string
+
+	ops  chan func()
+	stop chan struct{}
+	done chan struct{}
+
+	// state is the published snapshot; only the owner goroutine stores it.
+	state atomic.Pointer[replication.State]
+	// minor is -1 until new-minor.
+	minor atomic.Int32
+
+	// The fields below are touched only on the owner goroutine.
+	device   *netlink.DeviceConf
+	diskConf *netlink.DiskConf
+	netConf  *netlink.NetConf
+	nbdStop  func()
+	// nbdClients counts open NBD connections; changed on the owner
+	// goroutine (Open/Release), read atomically for status.
+	nbdClients atomic.Int32
+
+	// ldev is the attached local disk, nil while Diskless; stored on the
+	// owner goroutine, loaded by the I/O path.
+	ldev atomic.Pointer[localDisk]
+	// onIOError is the attached disk's on-io-error policy, read by the
+	// I/O path.
+	onIOError atomic.Value
+
+	io ioState
+}
+
+func newResource(d *Daemon, name string) *Resource {
+	r := &Resource{
+		d:    d,
+		name: name,
+		ops:  make(chan func(), opQueue),
+		stop: make(chan struct{}),
+		done: make(chan struct{}),
+	}
+	st := replication.Initial()
+	r.state.Store(&st)
+	r.minor.Store(-1)
+	r.io.init()
+	go r.run()
+	return r
+}
+
+// Name returns the resource name.
+func (r *Resource) Name() string { return r.name }
+
+// Minor returns the minor number, or -1 before new-minor.
+func (r *Resource) Minor() int { return int(r.minor.Load()) }
+
+// State returns the current state snapshot.
+func (r *Resource) State() replication.State { return *r.state.Load() }
+
+func (r *Resource) logf(format string, args ...any) {
+	r.d.Logf("%s: "+format, append([]any{r.name}, args...)...)
+}
+
+// run is the state owner loop. It stops when close is called.
+func (r *Resource) run() {
+	defer close(r.done)
+	for {
+		select {
+		case fn := <-r.ops:
+			fn()
+		case <-r.stop:
+			return
+		}
+	}
+}
+
+// errClosed is returned for operations on a resource being removed.
+var errClosed = errors.New("resource is being removed")
+
+// act runs fn on the owner goroutine and returns its result.
+func (r *Resource) act(ctx context.Context, fn func() error) error {
+	res := make(chan error, 1)
+	select {
+	case r.ops <- func() { res <- fn() }:
+	case <-r.done:
+		return errClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-res:
+		return err
+	case <-r.done:
+		return errClosed
+	}
+}
+
+// close stops the owner goroutine; the resource must be down.
+func (r *Resource) close() error {
+	err := r.act(context.Background(), func() error {
+		st := r.State()
+		if !st.Unconfigured() || r.nbdStop != nil {
+			return fmt.Errorf("%s: resource is in use (%s %s %s)", r.name, st.Role, st.Conn, st.Disk)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	close(r.stop)
+	<-r.done
+	return nil
+}
+
+// checkContext gathers what the pure rules need besides the two states.
+func (r *Resource) checkContext(hard bool) replication.Context {
+	c := replication.Context{Hard: hard, InUse: r.inUse()}
+	if r.netConf != nil {
+		c.TwoPrimaries = r.netConf.AllowTwoPrimaries
+		c.HaveVerifyAlg = r.netConf.VerifyAlg != ""
+	}
+	if r.diskConf != nil {
+		switch r.diskConf.Fencing {
+		case "resource-only":
+			c.Fencing = replication.FenceResourceOnly
+		case "resource-and-stonith":
+			c.Fencing = replication.FenceResourceAndSTONITH
+		}
+	}
+	return c
+}
+
+// inUse reports whether the device is open: NBD clients connected.
+func (r *Resource) inUse() bool { return r.nbdClients.Load() > 0 }
+
+// setState validates and commits a state change, logs it the DRBD way and
+// notifies status readers. It runs on the owner goroutine only.
+func (r *Resource) setState(ns replication.State, hard bool) error {
+	os := r.State()
+	if err := replication.Check(os, ns, r.checkContext(hard)); err != nil {
+		return err
+	}
+	if ns == os {
+		return nil
+	}
+	r.state.Store(&ns)
+	// Like DRBD, flags are written only while the disk is usable: a disk
+	// that is going away (Failed, Diskless) keeps the flags it had.
+	if ld := r.ldev.Load(); ld != nil && ns.Disk >= replication.Inconsistent {
+		if err := ld.syncFlags(ns); err != nil {
+			r.logf("meta data flags update: %v", err)
+		}
+	}
+	msg := fmt.Sprintf("%s: %s", r.name, ns.Diff(os))
+	r.d.Logf("%s", msg)
+	r.d.events.publish(Event{Kind: "change", Resource: r.name, Message: msg, Status: r.status()})
+	r.d.kickStatus()
+	return nil
+}
+
+// NewMinor gives the resource its minor number and device configuration
+// and starts its NBD listener (DRBD_ADM_NEW_MINOR).
+func (r *Resource) NewMinor(ctx context.Context, dc netlink.DeviceConf, wantMinor int) error {
+	return r.act(ctx, func() error {
+		if r.Minor() >= 0 {
+			return fmt.Errorf("%s: minor %d: %w", r.name, r.Minor(), ErrExists)
+		}
+		minor := wantMinor
+		if minor < 0 {
+			minor = r.d.freeMinor()
+		} else if r.d.minorTaken(minor, r) {
+			return fmt.Errorf("minor %d: %w", minor, ErrExists)
+		}
+		if dc.NBDListen != "" {
+			l, err := nbd.Listen(dc.NBDListen)
+			if err != nil {
+				return fmt.Errorf("%s: nbd-listen %s: %w", r.name, dc.NBDListen, err)
+			}
+			r.startNBD(l)
+			r.logf("NBD export %q listening on %s", r.name, dc.NBDListen)
+		}
+		dc.Minor = uint32(minor)
+		r.device = &dc
+		r.minor.Store(int32(minor))
+		r.d.kickStatus()
+		return nil
+	})
+}
+
+// startNBD serves the export on l until the minor is deleted.
+func (r *Resource) startNBD(l net.Listener) {
+	ctx, cancel := context.WithCancel(r.d.ctx)
+	srv := &nbd.Server{Provider: exportProvider{r}, Logf: func(f string, a ...any) { r.logf("nbd: "+f, a...) }}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := srv.Serve(ctx, l); err != nil && ctx.Err() == nil {
+			r.logf("nbd: %v", err)
+		}
+	}()
+	r.nbdStop = func() {
+		cancel()
+		l.Close()
+		wg.Wait()
+	}
+}
+
+// DelMinor stops the export and forgets the minor (DRBD_ADM_DEL_MINOR).
+func (r *Resource) DelMinor(ctx context.Context) error {
+	return r.act(ctx, func() error { return r.delMinor(false) })
+}
+
+func (r *Resource) delMinor(force bool) error {
+	st := r.State()
+	if st.Disk != replication.Diskless || st.Role == replication.Primary {
+		return fmt.Errorf("%s: minor is configured (%s, %s): detach and demote first", r.name, st.Role, st.Disk)
+	}
+	if r.inUse() && !force {
+		return &replication.StateError{Result: replication.SSDeviceInUse}
+	}
+	if r.nbdStop != nil {
+		stop := r.nbdStop
+		r.nbdStop = nil
+		// Serving goroutines call act for Release; run the wait off the
+		// owner goroutine's critical path by draining ops meanwhile.
+		r.waitOwner(stop)
+	}
+	r.device = nil
+	r.minor.Store(-1)
+	r.d.kickStatus()
+	return nil
+}
+
+// waitOwner runs a blocking function from the owner goroutine while still
+// serving queued operations, because what fn waits for (NBD connections
+// closing) may itself need the owner goroutine.
+func (r *Resource) waitOwner(fn func()) {
+	finished := make(chan struct{})
+	go func() {
+		fn()
+		close(finished)
+	}()
+	for {
+		select {
+		case <-finished:
+			return
+		case op := <-r.ops:
+			op()
+		}
+	}
+}
+
+// Primary promotes the resource (DRBD_ADM_PRIMARY). With force, an
+// Inconsistent or Outdated local disk is declared UpToDate first, as
+// `drbdadm primary --force` does for the initial sync source.
+func (r *Resource) Primary(ctx context.Context, force bool) error {
+	return r.act(ctx, func() error {
+		ns := r.State()
+		if ns.Role == replication.Primary {
+			return nil
+		}
+		ld := r.ldev.Load()
+		forced := false
+		if force && ld != nil && ns.Disk >= replication.Inconsistent && ns.Disk < replication.UpToDate && ns.PDsk < replication.UpToDate {
+			ns.Disk = replication.UpToDate
+			forced = true
+		}
+		ns.Role = replication.Primary
+		if err := r.setState(ns, false); err != nil {
+			return err
+		}
+		if ld != nil {
+			if err := ld.promoted(forced, ns.Conn < replication.Connected); err != nil {
+				r.logf("meta data update on promotion: %v", err)
+			}
+		}
+		return nil
+	})
+}
+
+// Secondary demotes the resource (DRBD_ADM_SECONDARY). It is refused while
+// the device is in use, with DRBD's "Device is held open by someone".
+func (r *Resource) Secondary(ctx context.Context) error {
+	return r.act(ctx, func() error { return r.secondary() })
+}
+
+func (r *Resource) secondary() error {
+	ns := r.State()
+	if ns.Role == replication.Secondary {
+		return nil
+	}
+	ns.Role = replication.Secondary
+	if err := r.setState(ns, false); err != nil {
+		return err
+	}
+	if ld := r.ldev.Load(); ld != nil {
+		if err := ld.demoted(); err != nil {
+			r.logf("meta data update on demotion: %v", err)
+		}
+	}
+	return nil
+}
+
+// Detach releases the local disk (DRBD_ADM_DETACH).
+func (r *Resource) Detach(ctx context.Context, force bool) error {
+	return r.act(ctx, func() error { return r.detach(force) })
+}
+
+func (r *Resource) detach(force bool) error {
+	ld := r.ldev.Load()
+	if ld == nil {
+		return nil
+	}
+	ns := r.State()
+	ns.Disk = replication.Diskless
+	if err := r.setState(ns, force); err != nil {
+		return err
+	}
+	r.ldev.Store(nil)
+	// New requests now fail fast; wait for the ones in flight.
+	r.waitOwner(r.io.drain)
+	if err := ld.close(); err != nil {
+		r.logf("detach: %v", err)
+	}
+	r.diskConf = nil
+	return nil
+}
+
+// Down takes the resource down completely (DRBD_ADM_DOWN): demote,
+// disconnect, detach, delete the minor. With force (daemon shutdown) NBD
+// clients are disconnected instead of refusing.
+func (r *Resource) Down(ctx context.Context, force bool) error {
+	return r.act(ctx, func() error {
+		if force && r.nbdStop != nil {
+			stop := r.nbdStop
+			r.nbdStop = nil
+			r.waitOwner(stop)
+		}
+		if err := r.secondary(); err != nil {
+			return err
+		}
+		if err := r.detach(force); err != nil {
+			return err
+		}
+		if r.Minor() >= 0 {
+			if err := r.delMinor(force); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// exportProvider hands out the resource's export to NBD clients, but only
+// while it is Primary.
+type exportProvider struct{ r *Resource }
+
+func (p exportProvider) List() []string { return []string{p.r.name} }
+
+func (p exportProvider) Open(name string) (*nbd.Export, error) {
+	r := p.r
+	if name != r.name && name != "" {
+		return nil, fmt.Errorf("%w: %q (this server exports %q)", nbd.ErrUnknownExport, name, r.name)
+	}
+	var e *nbd.Export
+	err := r.act(r.d.ctx, func() error {
+		st := r.State()
+		if st.Role != replication.Primary {
+			return fmt.Errorf("%s: not Primary (role %s): only the Primary serves I/O", r.name, st.Role)
+		}
+		ld := r.ldev.Load()
+		if ld == nil {
+			return fmt.Errorf("%s: no local disk (%s): no access to UpToDate data", r.name, st.Disk)
+		}
+		r.nbdClients.Add(1)
+		var once sync.Once
+		e = &nbd.Export{
+			Name:        r.name,
+			Description: fmt.Sprintf("drbdd resource %s minor %d", r.name, r.Minor()),
+			Backend:     &backend{r: r, size: ld.size},
+			MultiConn:   true,
+			CanTrim:     true,
+			CanZeroes:   true,
+			Release: func() {
+				once.Do(func() {
+					r.nbdClients.Add(-1)
+					r.d.kickStatus()
+				})
+			},
+		}
+		r.d.kickStatus()
+		return nil
+	})
+	return e, err
+}
+
+// Status is a snapshot of everything status readers show.
+type Status struct {
+	Name          string
+	Minor         int
+	State         replication.State
+	Protocol      byte
+	PeerName      string
+	KernelDevice  string
+	NBDClients    int
+	Size          int64
+	UUIDs         []uint64
+	Counters      Counters
+	OutOfSyncKiB  uint64
+	WriteOrdering byte
+}
+
+func (r *Resource) status() Status {
+	s := Status{
+		Name:          r.name,
+		Minor:         r.Minor(),
+		State:         r.State(),
+		NBDClients:    int(r.nbdClients.Load()),
+		Counters:      r.io.snapshot(),
+		WriteOrdering: 'f',
+	}
+	if ld := r.ldev.Load(); ld != nil {
+		s.OutOfSyncKiB = ld.outOfSyncKiB()
+		s.Size = ld.size
+		u := ld.uuids()
+		s.UUIDs = []uint64{u.Current, u.Bitmap, u.History[0], u.History[1]}
+	}
+	return s
+}
+
+// Status returns a consistent-enough snapshot for status and events.
+func (r *Resource) Status() Status { return r.status() }
+
+func (r *Resource) procMinor() status.Minor {
+	s := r.status()
+	st := s.State
+	m := status.Minor{
+		Minor:         s.Minor,
+		Unconfigured:  st.Unconfigured(),
+		ConnState:     st.Conn.String(),
+		Role:          st.Role.String(),
+		PeerRole:      st.Peer.String(),
+		Disk:          st.Disk.String(),
+		PeerDisk:      st.PDsk.String(),
+		Protocol:      s.Protocol,
+		Suspended:     st.Susp,
+		AftrIsp:       st.AftrIsp,
+		PeerIsp:       st.PeerIsp,
+		UserIsp:       st.UserIsp,
+		NetSend:       s.Counters.NetSend >> 10,
+		NetRecv:       s.Counters.NetRecv >> 10,
+		DiskWrite:     s.Counters.DiskWrite >> 10,
+		DiskRead:      s.Counters.DiskRead >> 10,
+		ALWrites:      s.Counters.ALWrites,
+		BMWrites:      s.Counters.BMWrites,
+		LocalCount:    s.Counters.LocalCount,
+		Pending:       s.Counters.Pending,
+		Unacked:       s.Counters.Unacked,
+		AppPending:    s.Counters.AppPending,
+		Epochs:        s.Counters.Epochs,
+		WriteOrdering: s.WriteOrdering,
+		OutOfSync:     s.OutOfSyncKiB,
+	}
+	if m.Minor < 0 {
+		m.Minor = 0
+	}
+	return m
+}

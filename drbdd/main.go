@@ -1,0 +1,69 @@
+// Command drbdd is the drbdd daemon: like DRBD's kernel module it starts
+// with no resources and does what drbdadm tells it over its control socket.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"drbdd/drbdd/engine"
+	"drbdd/netlink"
+)
+
+// shutdownTimeout bounds how long SIGTERM may take to flush and disconnect.
+const shutdownTimeout = 30 * time.Second
+
+func main() {
+	var controlPath, statusPath string
+	cmd := &cobra.Command{
+		Use:           "drbdd",
+		Short:         "drbdd replicated block device daemon",
+		Args:          cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return run(controlPath, statusPath)
+		},
+	}
+	cmd.Flags().StringVar(&controlPath, "control", "/run/drbdd/drbdd.sock", "control socket path")
+	cmd.Flags().StringVar(&statusPath, "status-file", "/run/drbdd/status", "/proc/drbd-style status file")
+	if err := cmd.Execute(); err != nil {
+		fmt.Fprintf(os.Stderr, "drbdd: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(controlPath, statusPath string) error {
+	logger := log.New(os.Stderr, "drbdd: ", log.LstdFlags|log.Lmicroseconds)
+	l, err := netlink.ListenControl(controlPath)
+	if err != nil {
+		return err
+	}
+	d := engine.New(engine.Config{StatusPath: statusPath, Logger: logger})
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	srv := &netlink.Server{Handlers: d.Handlers(), Logf: logger.Printf}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx, l) }()
+	logger.Printf("ready: control %s, status %s", controlPath, statusPath)
+	select {
+	case <-ctx.Done():
+		logger.Printf("terminating: taking resources down")
+	case err := <-served:
+		logger.Printf("control socket: %v", err)
+	}
+	stop()
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer cancel()
+	d.Shutdown(sctx)
+	os.Remove(controlPath)
+	logger.Printf("stopped")
+	return nil
+}
