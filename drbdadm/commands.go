@@ -39,7 +39,33 @@ func commands(o *opts) []*cobra.Command {
 	})
 	detach.Flags().BoolVar(&detachForce, "force", false, "detach even if I/O is pending")
 
+	var discard bool
+	connectCmd := simple("connect", "connect to the peer", func(c *netlink.Client, r *config.Resource, node string) error {
+		return connect(o, c, r, node, discard)
+	})
+	connectCmd.Flags().BoolVar(&discard, "discard-my-data", false, "resolve a split brain by making this node the SyncTarget")
+	var clearBitmap bool
+	newUUID := simple("new-current-uuid", "start a new data generation", func(c *netlink.Client, r *config.Resource, node string) error {
+		_, err := o.do(c, r.Name, &netlink.Request{Command: netlink.NewCurrentUUID, NewCUUID: &netlink.NewCUUIDParms{ClearBitmap: clearBitmap}})
+		return err
+	})
+	newUUID.Flags().BoolVar(&clearBitmap, "clear-bitmap", false, "skip the initial sync of two just-created disks")
+	plain := func(use, short string, cmd netlink.Command) *cobra.Command {
+		return simple(use, short, func(c *netlink.Client, r *config.Resource, node string) error {
+			_, err := o.do(c, r.Name, &netlink.Request{Command: cmd})
+			return err
+		})
+	}
 	return append(mdCommands(o),
+		connectCmd,
+		newUUID,
+		plain("disconnect", "disconnect from the peer (StandAlone)", netlink.Disconnect),
+		plain("verify", "start an online verify against the peer", netlink.StartOV),
+		plain("pause-sync", "pause a resync", netlink.PauseSync),
+		plain("resume-sync", "resume a paused resync", netlink.ResumeSync),
+		plain("invalidate", "discard local data and resync it from the peer", netlink.Invalidate),
+		plain("invalidate-remote", "discard the peer's data and resync it from here", netlink.InvalidatePeer),
+		plain("outdate", "mark the local data Outdated", netlink.Outdate),
 		simple("up", "create the resource, attach its disk and connect", func(c *netlink.Client, r *config.Resource, node string) error {
 			return up(o, c, r, node)
 		}),
@@ -129,7 +155,45 @@ func up(o *opts, c *netlink.Client, r *config.Resource, node string) error {
 	if _, err := o.do(c, r.Name, &netlink.Request{Command: netlink.NewMinor, Device: dev}); err != nil {
 		return err
 	}
-	return attach(o, c, r, node)
+	if err := attach(o, c, r, node); err != nil {
+		return err
+	}
+	if _, peerName, _, _ := r.Host(node); peerName == "" {
+		return nil // a single-node resource has nobody to connect to
+	}
+	return connect(o, c, r, node, false)
+}
+
+// netConf builds the connect request's net configuration.
+func netConf(r *config.Resource, node string) (*netlink.NetConf, error) {
+	me, peerName, peer, err := r.Host(node)
+	if err != nil {
+		return nil, err
+	}
+	if peerName == "" {
+		return nil, fmt.Errorf("%s: has no peer to connect to", r.Name)
+	}
+	n := r.Net
+	return &netlink.NetConf{
+		SharedSecret: n.SharedSecret, CramHMACAlg: n.CramHMACAlg,
+		VerifyAlg: n.VerifyAlg, CsumsAlg: n.CsumsAlg,
+		Protocol:   uint32(r.Protocol[0]-'A') + 1,
+		ConnectInt: n.ConnectInt, Timeout: n.Timeout, PingInt: n.PingInt, PingTimeout: n.PingTimeout,
+		KoCount: uint32(n.KoCount), MaxBuffers: uint32(n.MaxBuffers), MaxEpochSize: uint32(n.MaxEpochSize),
+		AfterSB0Pri: n.AfterSB0Pri, AfterSB1Pri: n.AfterSB1Pri, AfterSB2Pri: n.AfterSB2Pri, RRConflict: n.RRConflict,
+		AllowTwoPrimaries: n.AllowTwoPrimaries,
+		PeerName:          peerName, MyAddr: me.Address, PeerAddr: peer.Address,
+	}, nil
+}
+
+func connect(o *opts, c *netlink.Client, r *config.Resource, node string, discard bool) error {
+	nc, err := netConf(r, node)
+	if err != nil {
+		return err
+	}
+	nc.DiscardMyData = discard
+	_, err = o.do(c, r.Name, &netlink.Request{Command: netlink.Connect, Net: nc, Connect: &netlink.ConnectParms{DiscardMyData: discard}})
+	return err
 }
 
 // getStatus asks the daemon for one resource's state ("" for all).

@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 )
@@ -108,6 +109,10 @@ func (f ConnectionFeatures) Negotiate(peer ConnectionFeatures) (version int, fea
 	return version, NegotiateFeatures(f.FeatureFlags, peer.FeatureFlags), nil
 }
 
+// ErrIncompatibleDialects is returned when the two protocol version ranges
+// do not overlap; retrying cannot help.
+var ErrIncompatibleDialects = errors.New("incompatible DRBD dialects")
+
 // NegotiateVersion returns the protocol version two nodes agree on, as
 // drbd_do_features() computes it: a peer maximum of zero means the peer
 // only speaks its minimum; the ranges must overlap; the result is the
@@ -117,8 +122,8 @@ func NegotiateVersion(localMin, localMax, peerMin, peerMax int) (int, error) {
 		peerMax = peerMin
 	}
 	if localMax < peerMin || localMin > peerMax {
-		return 0, fmt.Errorf("incompatible DRBD dialects: I support %d-%d, peer supports %d-%d",
-			localMin, localMax, peerMin, peerMax)
+		return 0, fmt.Errorf("%w: I support %d-%d, peer supports %d-%d",
+			ErrIncompatibleDialects, localMin, localMax, peerMin, peerMax)
 	}
 	return min(localMax, peerMax), nil
 }

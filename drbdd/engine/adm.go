@@ -49,6 +49,29 @@ func (d *Daemon) Handlers() map[netlink.Command]netlink.Handler {
 		}),
 		netlink.Secondary: d.withResource(func(ctx context.Context, r *Resource, req *netlink.Request) error { return r.Secondary(ctx) }),
 		netlink.Down:      d.admDown,
+		netlink.Connect: d.withResource(func(ctx context.Context, r *Resource, req *netlink.Request) error {
+			if req.Net == nil {
+				return errors.New("connect: missing net configuration")
+			}
+			discard := req.Net.DiscardMyData || (req.Connect != nil && req.Connect.DiscardMyData)
+			return r.Connect(ctx, *req.Net, discard)
+		}),
+		netlink.Disconnect: d.withResource(func(ctx context.Context, r *Resource, req *netlink.Request) error { return r.Disconnect(ctx) }),
+		netlink.StartOV: d.withResource(func(ctx context.Context, r *Resource, req *netlink.Request) error {
+			var start uint64
+			if req.StartOV != nil {
+				start = req.StartOV.Start
+			}
+			return r.StartVerify(ctx, start)
+		}),
+		netlink.PauseSync:      d.withResource(func(ctx context.Context, r *Resource, req *netlink.Request) error { return r.PauseSync(ctx, true) }),
+		netlink.ResumeSync:     d.withResource(func(ctx context.Context, r *Resource, req *netlink.Request) error { return r.PauseSync(ctx, false) }),
+		netlink.Invalidate:     d.withResource(func(ctx context.Context, r *Resource, req *netlink.Request) error { return r.Invalidate(ctx) }),
+		netlink.InvalidatePeer: d.withResource(func(ctx context.Context, r *Resource, req *netlink.Request) error { return r.InvalidatePeer(ctx) }),
+		netlink.Outdate:        d.withResource(func(ctx context.Context, r *Resource, req *netlink.Request) error { return r.Outdate(ctx) }),
+		netlink.NewCurrentUUID: d.withResource(func(ctx context.Context, r *Resource, req *netlink.Request) error {
+			return r.NewCurrentUUID(ctx, req.NewCUUID != nil && req.NewCUUID.ClearBitmap)
+		}),
 		netlink.Subscribe: d.admSubscribe,
 	}
 }
@@ -222,6 +245,10 @@ func stateInfo(s Status) netlink.StateInfo {
 		KernelDevice:  s.KernelDevice,
 		Size:          uint64(s.Size),
 		UUIDs:         s.UUIDs,
+		RsTotal:       s.RsTotal,
+		RsLeft:        s.RsLeft,
+		RsWant:        s.RsWant,
+		Verify:        st.Conn == replication.VerifyS || st.Conn == replication.VerifyT,
 	}
 	if s.Minor >= 0 {
 		si.Minor = uint32(s.Minor)

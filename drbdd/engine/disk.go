@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync"
@@ -248,7 +249,11 @@ func (r *Resource) Attach(ctx context.Context, dc netlink.DiskConf) error {
 				len(rec.ALExtents), rec.BitsSet*meta.BMBlockSize/1024)
 		}
 		r.diskConf = &dc
+		r.diskConfV.Store(&dc)
 		r.onIOError.Store(dc.OnIOError)
+		// DRBD's CRASHED_PRIMARY: attached with the Primary indicator set
+		// means this node died (or detached) while Primary.
+		r.crashedPrimary = ld.flags()&(meta.MDFPrimaryInd|meta.MDFCrashedPrimary) != 0
 		ns.Disk, ns.PDsk = DiskStateFromFlags(ld.flags(), r.checkContext(true).Fencing)
 		r.ldev.Store(ld)
 		if err := r.setState(ns, true); err != nil {
@@ -273,4 +278,90 @@ func (ld *localDisk) promoted(forced, disconnected bool) error {
 // demoted clears the Primary bit of the current UUID.
 func (ld *localDisk) demoted() error {
 	return ld.updateUUIDs(func(u *meta.UUIDs) { u.Demote() })
+}
+
+// diskConfCopy returns the attached disk's configuration (zero when
+// diskless), safe to call from any goroutine.
+func (r *Resource) diskConfCopy() netlink.DiskConf {
+	if dc := r.diskConfV.Load(); dc != nil {
+		return *dc
+	}
+	return netlink.DiskConf{}
+}
+
+// bitsSet returns the number of out-of-sync blocks.
+func (ld *localDisk) bitsSet() int64 {
+	ld.mu.Lock()
+	defer ld.mu.Unlock()
+	return ld.md.Bitmap().Count()
+}
+
+// setAllOutOfSync marks the whole device out of sync on disk (full sync).
+func (ld *localDisk) setAllOutOfSync() error {
+	ld.mu.Lock()
+	defer ld.mu.Unlock()
+	return ld.md.SetAllAndWrite()
+}
+
+// flushBitmap writes changed bitmap pages.
+func (ld *localDisk) flushBitmap() error {
+	ld.mu.Lock()
+	defer ld.mu.Unlock()
+	return ld.md.FlushBitmap()
+}
+
+// clearRange marks the blocks fully inside [off, off+n) in sync.
+func (ld *localDisk) clearRange(off, n int64) {
+	ld.mu.Lock()
+	ld.md.Bitmap().Clear(off, off+n)
+	ld.mu.Unlock()
+}
+
+// clearFullBlocks marks in sync the blocks a replicated write covered
+// completely: both sides now hold the same bytes there.
+func (ld *localDisk) clearFullBlocks(off, n int64) { ld.clearRange(off, n) }
+
+// bitmapWords returns a snapshot of the bitmap as 64-bit words for
+// P_BITMAP, and its size in bits.
+func (ld *localDisk) bitmapWords() ([]uint64, uint64) {
+	ld.mu.Lock()
+	defer ld.mu.Unlock()
+	bm := ld.md.Bitmap()
+	n := bm.Words()
+	words := make([]uint64, n)
+	const chunk = 4096
+	buf := make([]byte, 0, chunk*8)
+	for off := int64(0); off < n; off += chunk {
+		buf = bm.AppendWords(buf[:0], off, chunk)
+		for i := 0; i*8 < len(buf); i++ {
+			words[off+int64(i)] = binary.LittleEndian.Uint64(buf[i*8:])
+		}
+	}
+	return words, uint64(bm.Len())
+}
+
+// mergeBitmapWords ORs the peer's bitmap into ours and writes it.
+func (ld *localDisk) mergeBitmapWords(words []uint64) error {
+	ld.mu.Lock()
+	defer ld.mu.Unlock()
+	bm := ld.md.Bitmap()
+	const chunk = 4096
+	buf := make([]byte, 0, chunk*8)
+	for off := 0; off < len(words); off += chunk {
+		buf = buf[:0]
+		for _, w := range words[off:min(off+chunk, len(words))] {
+			buf = binary.LittleEndian.AppendUint64(buf, w)
+		}
+		if _, err := bm.MergeWords(int64(off), buf); err != nil {
+			return err
+		}
+	}
+	return ld.md.FlushBitmap()
+}
+
+// clearAllInSync marks the whole device in sync on disk.
+func (ld *localDisk) clearAllInSync() error {
+	ld.mu.Lock()
+	defer ld.mu.Unlock()
+	return ld.md.ClearAllAndWrite()
 }

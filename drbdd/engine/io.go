@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -160,8 +161,9 @@ func (b *backend) WriteZeroes(off, length int64, noHole, fua bool) error {
 
 func (b *backend) Flush() error { return b.r.flush() }
 
-// write is the application write path of a Primary: it owns the range,
-// writes locally and records the blocks the peer does not have.
+// write is the application write path of a Primary. DRBD replicates whole
+// 512-byte sectors, so an unaligned request is split into an aligned
+// middle and read-modify-write of its partial head and tail sectors.
 func (r *Resource) write(kind writeKind, p []byte, off, length int64, fua bool) error {
 	r.io.gate.RLock()
 	defer r.io.gate.RUnlock()
@@ -174,23 +176,101 @@ func (r *Resource) write(kind writeKind, p []byte, off, length int64, fua bool) 
 	}
 	r.io.appPending.Add(1)
 	defer r.io.appPending.Add(-1)
+	const sect = bdev.SectorSize
+	if off%sect == 0 && length%sect == 0 {
+		return r.writeRange(ld, kind, p, off, length, fua)
+	}
+	end := off + length
+	headEnd := min((off+sect-1)/sect*sect, end)
+	tailStart := max(end/sect*sect, headEnd)
+	if headEnd > off {
+		if err := r.writePartialSector(ld, kind, p, off, headEnd-off, fua); err != nil {
+			return err
+		}
+	}
+	if tailStart > headEnd {
+		var mid []byte
+		if kind == writeData {
+			mid = p[headEnd-off : tailStart-off]
+		}
+		if err := r.writeRange(ld, kind, mid, headEnd, tailStart-headEnd, fua); err != nil {
+			return err
+		}
+	}
+	if end > tailStart {
+		var tail []byte
+		if kind == writeData {
+			tail = p[tailStart-off:]
+		}
+		return r.writePartialSector(ld, kind, tail, tailStart, end-tailStart, fua)
+	}
+	return nil
+}
+
+// writePartialSector updates part of one sector by read-modify-write; the
+// sector is owned while it is read, so no other write interleaves.
+func (r *Resource) writePartialSector(ld *localDisk, kind writeKind, p []byte, off, n int64, fua bool) error {
+	const sect = bdev.SectorSize
+	start := off / sect * sect
+	lr := r.io.writes.acquire(start, sect)
+	defer r.io.writes.release(lr)
+	buf := make([]byte, sect)
+	if _, err := ld.dev.ReadAt(buf, start); err != nil {
+		return r.ioError("read-modify-write", start, err)
+	}
+	if kind == writeData {
+		copy(buf[off-start:], p[:n])
+	} else {
+		clear(buf[off-start : off-start+n])
+	}
+	return r.writeLocked(ld, writeData, buf, start, sect, fua)
+}
+
+// writeRange writes a sector-aligned range.
+func (r *Resource) writeRange(ld *localDisk, kind writeKind, p []byte, off, length int64, fua bool) error {
 	lr := r.io.writes.acquire(off, length)
 	defer r.io.writes.release(lr)
+	return r.writeLocked(ld, kind, p, off, length, fua)
+}
 
+// writeLocked writes an owned, aligned range locally and to the peer in
+// parallel, and returns when both are done (protocol C), when the peer
+// received it (B) or when it was sent (A). A peer that fails or goes away
+// does not fail the write: its blocks are marked out of sync instead, to
+// be resynced, as DRBD does.
+func (r *Resource) writeLocked(ld *localDisk, kind writeKind, p []byte, off, length int64, fua bool) error {
 	if err := ld.beginWrite(off, length); err != nil {
 		return r.ioError("activity log update", off, err)
 	}
 	defer ld.endWrite(off, length)
 
+	var q *peerReq
+	s := r.sess.Load()
+	if s != nil {
+		q = s.submitWrite(kind, p, off, length, fua)
+	}
 	r.io.local.Add(1)
 	err := localWrite(ld.dev, kind, p, off, length, fua)
 	r.io.local.Add(-1)
 	if err != nil {
+		if q != nil {
+			<-q.done // the peer still reads p until then
+		}
 		return r.ioError("write", off, err)
 	}
 	r.io.diskWrite.Add(uint64(length))
-	// No peer has these blocks yet.
-	ld.markOutOfSync(off, length)
+	if q == nil {
+		ld.markOutOfSync(off, length)
+		return nil
+	}
+	<-q.done
+	if q.err != nil {
+		ld.markOutOfSync(off, length)
+	} else {
+		// Both sides hold these bytes now.
+		ld.clearFullBlocks(off, length)
+	}
+	s.writeCompleted()
 	return nil
 }
 
@@ -216,7 +296,9 @@ func localWrite(dev bdev.Device, kind writeKind, p []byte, off, length int64, fu
 	return err
 }
 
-// flush makes every completed write durable.
+// flush makes every completed write durable, locally and, when
+// connected, on the peer (by closing the epoch and waiting for its barrier
+// ack, which the peer sends after flushing its disk).
 func (r *Resource) flush() error {
 	r.io.gate.RLock()
 	defer r.io.gate.RUnlock()
@@ -224,8 +306,20 @@ func (r *Resource) flush() error {
 	if ld == nil {
 		return fmt.Errorf("%s: no local disk", r.name)
 	}
+	peer := make(chan error, 1)
+	if s := r.sess.Load(); s != nil {
+		go func() { peer <- s.flush() }()
+	} else {
+		peer <- nil
+	}
 	if err := ld.dev.Sync(); err != nil {
+		<-peer
 		return r.ioError("flush", 0, err)
+	}
+	// A peer lost meanwhile is not an error: what it missed is marked out
+	// of sync and will be resynced.
+	if err := <-peer; err != nil && !errors.Is(err, errPeerLost) {
+		return err
 	}
 	return nil
 }
@@ -256,4 +350,38 @@ func (r *Resource) localIOError(op string, off int64, err error) {
 			return r.detach(true)
 		})
 	}()
+}
+
+// busy reports whether any write owns a byte overlapping [off, off+n).
+func (l *rangeLock) busy(off, n int64) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for a := range l.active {
+		if a.off < off+n && off < a.end {
+			return true
+		}
+	}
+	return false
+}
+
+// bufPool recycles request-sized buffers for peer writes and resync.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 128<<10); return &b }}
+
+// getBuf returns a buffer of n bytes.
+func getBuf(n int) []byte {
+	bp := bufPool.Get().(*[]byte)
+	if cap(*bp) < n {
+		bufPool.Put(bp)
+		return make([]byte, n)
+	}
+	return (*bp)[:n]
+}
+
+// putBuf recycles a buffer from getBuf.
+func putBuf(b []byte) {
+	if b == nil || cap(b) < 128<<10 || cap(b) > 4<<20 {
+		return
+	}
+	b = b[:0]
+	bufPool.Put(&b)
 }

@@ -12,6 +12,7 @@ import (
 	"drbdd/drbdd/status"
 	"drbdd/nbd"
 	"drbdd/netlink"
+	"drbdd/protocol"
 )
 
 // opQueue bounds how many admin or event operations may wait for a
@@ -42,6 +43,23 @@ type Resource struct {
 	diskConf *netlink.DiskConf
 	netConf  *netlink.NetConf
 	nbdStop  func()
+	// conn is the peer connection, nil while StandAlone.
+	conn *connection
+	// crashedPrimary is DRBD's CRASHED_PRIMARY: the disk was attached with
+	// the Primary indicator set, so this node died as Primary.
+	crashedPrimary bool
+	// clusterChangePending is set while our own cluster-wide state change
+	// (promotion while connected) waits for the peer.
+	clusterChangePending bool
+
+	// sess is the established session that replicates writes, nil while
+	// not connected. Stored by the session, loaded by the I/O path.
+	sess atomic.Pointer[session]
+	// netConfV holds a copy of the net configuration for status readers.
+	netConfV atomic.Pointer[netlink.NetConf]
+	// diskConfV holds a copy of the disk configuration for readers off
+	// the owner goroutine.
+	diskConfV atomic.Pointer[netlink.DiskConf]
 	// nbdClients counts open NBD connections; changed on the owner
 	// goroutine (Open/Release), read atomically for status.
 	nbdClients atomic.Int32
@@ -175,6 +193,9 @@ func (r *Resource) setState(ns replication.State, hard bool) error {
 			r.logf("meta data flags update: %v", err)
 		}
 	}
+	if sess := r.sess.Load(); sess != nil && (os.Role != ns.Role || os.Disk != ns.Disk || os.Conn != ns.Conn || os.UserIsp != ns.UserIsp) {
+		sess.sendState()
+	}
 	msg := fmt.Sprintf("%s: %s", r.name, ns.Diff(os))
 	r.d.Logf("%s", msg)
 	r.d.events.publish(Event{Kind: "change", Resource: r.name, Message: msg, Status: r.status()})
@@ -277,30 +298,83 @@ func (r *Resource) waitOwner(fn func()) {
 
 // Primary promotes the resource (DRBD_ADM_PRIMARY). With force, an
 // Inconsistent or Outdated local disk is declared UpToDate first, as
-// `drbdadm primary --force` does for the initial sync source.
+// `drbdadm primary --force` does for the initial sync source. While
+// connected, the peer must agree first (a cluster-wide state change), so
+// that two nodes promoted at the same moment cannot both win.
 func (r *Resource) Primary(ctx context.Context, force bool) error {
-	return r.act(ctx, func() error {
-		ns := r.State()
-		if ns.Role == replication.Primary {
-			return nil
-		}
-		ld := r.ldev.Load()
-		forced := false
-		if force && ld != nil && ns.Disk >= replication.Inconsistent && ns.Disk < replication.UpToDate && ns.PDsk < replication.UpToDate {
-			ns.Disk = replication.UpToDate
-			forced = true
-		}
-		ns.Role = replication.Primary
-		if err := r.setState(ns, false); err != nil {
+	var s *session
+	err := r.act(ctx, func() error {
+		ns, _, err := r.promotion(force)
+		if err != nil || ns == nil {
 			return err
 		}
-		if ld != nil {
-			if err := ld.promoted(forced, ns.Conn < replication.Connected); err != nil {
-				r.logf("meta data update on promotion: %v", err)
+		if s = r.sess.Load(); s != nil {
+			r.clusterChangePending = true
+			return nil
+		}
+		return r.promote(force)
+	})
+	if err != nil || s == nil {
+		return err
+	}
+	cerr := s.clusterStateChange(ctx, protocol.State{Role: protocol.RoleMask}, protocol.State{Role: replication.Primary})
+	return r.act(ctx, func() error {
+		r.clusterChangePending = false
+		if cerr != nil && !errors.Is(cerr, errPeerLost) {
+			return cerr
+		}
+		return r.promote(force)
+	})
+}
+
+// promotion computes the promoted state; nil means already Primary.
+func (r *Resource) promotion(force bool) (*replication.State, bool, error) {
+	os := r.State()
+	if os.Role == replication.Primary {
+		return nil, false, nil
+	}
+	ns := os
+	forced := false
+	if force && r.ldev.Load() != nil && ns.Disk >= replication.Inconsistent && ns.Disk < replication.UpToDate && ns.PDsk < replication.UpToDate {
+		ns.Disk = replication.UpToDate
+		forced = true
+	}
+	if ns.Disk < replication.UpToDate {
+		// drbdd serves I/O from its local disk only.
+		if err := replication.Check(os, ns, r.checkContext(false)); err != nil {
+			return nil, false, err
+		}
+		return nil, false, &replication.StateError{Result: replication.SSNoUpToDateDisk}
+	}
+	ns.Role = replication.Primary
+	if err := replication.Check(os, ns, r.checkContext(false)); err != nil {
+		return nil, false, err
+	}
+	return &ns, forced, nil
+}
+
+// promote commits a promotion on the owner goroutine.
+func (r *Resource) promote(force bool) error {
+	ns, forced, err := r.promotion(force)
+	if err != nil || ns == nil {
+		return err
+	}
+	if err := r.setState(*ns, false); err != nil {
+		return err
+	}
+	if ld := r.ldev.Load(); ld != nil {
+		if err := ld.promoted(forced, ns.Conn < replication.Connected); err != nil {
+			r.logf("meta data update on promotion: %v", err)
+		}
+		if forced {
+			// The forced UpToDate is a new generation: re-run the sync
+			// handshake so that the UUID rules start the initial sync.
+			if s := r.sess.Load(); s != nil {
+				s.cancel(errRehandshake)
 			}
 		}
-		return nil
-	})
+	}
+	return nil
 }
 
 // Secondary demotes the resource (DRBD_ADM_SECONDARY). It is refused while
@@ -364,6 +438,11 @@ func (r *Resource) Down(ctx context.Context, force bool) error {
 		if err := r.secondary(); err != nil {
 			return err
 		}
+		if r.conn != nil {
+			if err := r.disconnect(); err != nil {
+				return err
+			}
+		}
 		if err := r.detach(force); err != nil {
 			return err
 		}
@@ -394,8 +473,8 @@ func (p exportProvider) Open(name string) (*nbd.Export, error) {
 			return fmt.Errorf("%s: not Primary (role %s): only the Primary serves I/O", r.name, st.Role)
 		}
 		ld := r.ldev.Load()
-		if ld == nil {
-			return fmt.Errorf("%s: no local disk (%s): no access to UpToDate data", r.name, st.Disk)
+		if ld == nil || st.Disk != replication.UpToDate {
+			return fmt.Errorf("%s: local disk is %s: drbdd serves I/O only from an UpToDate local disk", r.name, st.Disk)
 		}
 		r.nbdClients.Add(1)
 		var once sync.Once
@@ -433,6 +512,10 @@ type Status struct {
 	Counters      Counters
 	OutOfSyncKiB  uint64
 	WriteOrdering byte
+	// Progress holds the /proc/drbd resync or verify lines; RsTotal,
+	// RsLeft (KiB) and RsWant (KiB/s) the numbers behind them.
+	Progress                string
+	RsTotal, RsLeft, RsWant uint64
 }
 
 func (r *Resource) status() Status {
@@ -443,6 +526,15 @@ func (r *Resource) status() Status {
 		NBDClients:    int(r.nbdClients.Load()),
 		Counters:      r.io.snapshot(),
 		WriteOrdering: 'f',
+	}
+	if nc := r.netConfV.Load(); nc != nil {
+		s.PeerName = nc.PeerName
+		s.Protocol = byte('A' - 1 + max(min(nc.Protocol, 3), 1))
+	}
+	if sess := r.sess.Load(); sess != nil {
+		if y := sess.getSync(); y != nil {
+			s.Progress, s.RsTotal, s.RsLeft, s.RsWant, _ = y.progress(s.State.Conn)
+		}
 	}
 	if ld := r.ldev.Load(); ld != nil {
 		s.OutOfSyncKiB = ld.outOfSyncKiB()
@@ -485,6 +577,7 @@ func (r *Resource) procMinor() status.Minor {
 		Epochs:        s.Counters.Epochs,
 		WriteOrdering: s.WriteOrdering,
 		OutOfSync:     s.OutOfSyncKiB,
+		Progress:      s.Progress,
 	}
 	if m.Minor < 0 {
 		m.Minor = 0

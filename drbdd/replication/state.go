@@ -10,110 +10,67 @@ package replication
 import (
 	"fmt"
 	"strings"
+
+	"drbdd/protocol"
 )
 
-// Role is a node's role, numbered as DRBD's enum drbd_role.
-type Role uint8
+// Role, ConnState and DiskState are the wire protocol's enums (DRBD's
+// numbers and names), so that P_STATE packs without conversion; the short
+// constant names below are for readable rules.
+type (
+	Role      = protocol.Role
+	ConnState = protocol.ConnState
+	DiskState = protocol.DiskState
+)
 
 // Roles.
 const (
-	RoleUnknown Role = 0
-	Primary     Role = 1
-	Secondary   Role = 2
+	RoleUnknown = protocol.RoleUnknown
+	Primary     = protocol.RolePrimary
+	Secondary   = protocol.RoleSecondary
 )
-
-var roleNames = [...]string{"Unknown", "Primary", "Secondary"}
-
-func (r Role) String() string {
-	if int(r) < len(roleNames) {
-		return roleNames[r]
-	}
-	return fmt.Sprintf("Role(%d)", r)
-}
-
-// ConnState is the connection state, numbered as DRBD's enum drbd_conns.
-type ConnState uint8
 
 // Connection states. Everything below Connected means "no usable peer";
 // everything from Connected up means the peer is there.
 const (
-	StandAlone ConnState = iota
-	Disconnecting
-	Unconnected
-	Timeout
-	BrokenPipe
-	NetworkFailure
-	ProtocolError
-	TearDown
-	WFConnection
-	WFReportParams
-	Connected
-	StartingSyncS
-	StartingSyncT
-	WFBitMapS
-	WFBitMapT
-	WFSyncUUID
-	SyncSource
-	SyncTarget
-	VerifyS
-	VerifyT
-	PausedSyncS
-	PausedSyncT
-	Ahead
-	Behind
+	StandAlone     = protocol.ConnStandAlone
+	Disconnecting  = protocol.ConnDisconnecting
+	Unconnected    = protocol.ConnUnconnected
+	Timeout        = protocol.ConnTimeout
+	BrokenPipe     = protocol.ConnBrokenPipe
+	NetworkFailure = protocol.ConnNetworkFailure
+	ProtocolError  = protocol.ConnProtocolError
+	TearDown       = protocol.ConnTearDown
+	WFConnection   = protocol.ConnWFConnection
+	WFReportParams = protocol.ConnWFReportParams
+	Connected      = protocol.ConnConnected
+	StartingSyncS  = protocol.ConnStartingSyncS
+	StartingSyncT  = protocol.ConnStartingSyncT
+	WFBitMapS      = protocol.ConnWFBitMapS
+	WFBitMapT      = protocol.ConnWFBitMapT
+	WFSyncUUID     = protocol.ConnWFSyncUUID
+	SyncSource     = protocol.ConnSyncSource
+	SyncTarget     = protocol.ConnSyncTarget
+	VerifyS        = protocol.ConnVerifyS
+	VerifyT        = protocol.ConnVerifyT
+	PausedSyncS    = protocol.ConnPausedSyncS
+	PausedSyncT    = protocol.ConnPausedSyncT
+	Ahead          = protocol.ConnAhead
+	Behind         = protocol.ConnBehind
 )
-
-var connNames = [...]string{
-	"StandAlone", "Disconnecting", "Unconnected", "Timeout", "BrokenPipe",
-	"NetworkFailure", "ProtocolError", "TearDown", "WFConnection",
-	"WFReportParams", "Connected", "StartingSyncS", "StartingSyncT",
-	"WFBitMapS", "WFBitMapT", "WFSyncUUID", "SyncSource", "SyncTarget",
-	"VerifyS", "VerifyT", "PausedSyncS", "PausedSyncT", "Ahead", "Behind",
-}
-
-func (c ConnState) String() string {
-	if int(c) < len(connNames) {
-		return connNames[c]
-	}
-	return fmt.Sprintf("ConnState(%d)", c)
-}
-
-// IsSyncing reports whether a resync is running or paused.
-func (c ConnState) IsSyncing() bool {
-	switch c {
-	case SyncSource, SyncTarget, PausedSyncS, PausedSyncT:
-		return true
-	}
-	return false
-}
-
-// DiskState is a disk's state, numbered as DRBD's enum drbd_disk_state.
-type DiskState uint8
 
 // Disk states, from worst to best.
 const (
-	Diskless DiskState = iota
-	Attaching
-	Failed
-	Negotiating
-	Inconsistent
-	Outdated
-	DUnknown
-	Consistent
-	UpToDate
+	Diskless     = protocol.DiskDiskless
+	Attaching    = protocol.DiskAttaching
+	Failed       = protocol.DiskFailed
+	Negotiating  = protocol.DiskNegotiating
+	Inconsistent = protocol.DiskInconsistent
+	Outdated     = protocol.DiskOutdated
+	DUnknown     = protocol.DiskUnknown
+	Consistent   = protocol.DiskConsistent
+	UpToDate     = protocol.DiskUpToDate
 )
-
-var diskNames = [...]string{
-	"Diskless", "Attaching", "Failed", "Negotiating", "Inconsistent",
-	"Outdated", "DUnknown", "Consistent", "UpToDate",
-}
-
-func (d DiskState) String() string {
-	if int(d) < len(diskNames) {
-		return diskNames[d]
-	}
-	return fmt.Sprintf("DiskState(%d)", d)
-}
 
 // State is the complete state of one device as DRBD tracks it in union
 // drbd_state: our role and disk, the peer's role and disk as we last heard

@@ -173,20 +173,19 @@ func softTransition(os, ns State) Result {
 // Check decides whether the change from os to ns may happen. It returns nil
 // or a *StateError with DRBD's reason.
 //
-// Like DRBD, a new state that is invalid is still accepted when the old
-// state was invalid for the very same reason: that lets a degraded device
-// make progress (for example lose its connection) without first having to
-// repair an unrelated problem. User-requested (soft) changes must also pass
-// the transition rules.
+// Hard changes (forced by events such as a disk failure or a lost
+// connection) are always accepted, as with DRBD's CS_HARD: the world has
+// already changed. For requested changes, a new state that is invalid is
+// still accepted when the old state was invalid for the very same reason,
+// which lets a degraded device make progress without first repairing an
+// unrelated problem; every requested change must also pass the transition
+// rules.
 func Check(os, ns State, c Context) error {
-	if ns == os {
+	if ns == os || c.Hard {
 		return nil
 	}
 	rv := validState(ns, c)
-	if rv < SSSuccess && validState(os, c) == rv {
-		rv = SSSuccess
-	}
-	if rv >= SSSuccess && !c.Hard {
+	if rv >= SSSuccess || validState(os, c) == rv {
 		rv = softTransition(os, ns)
 	}
 	if rv < SSSuccess {

@@ -102,7 +102,13 @@ func TestCheckRules(t *testing.T) {
 			st(Secondary, Primary, SyncTarget, Inconsistent, UpToDate), Context{Hard: true}, SSSuccess},
 		{"already invalid for the same reason",
 			st(Primary, RoleUnknown, StandAlone, Inconsistent, DUnknown),
-			st(Primary, RoleUnknown, StandAlone, Inconsistent, Outdated), Context{Hard: true}, SSSuccess},
+			st(Primary, RoleUnknown, StandAlone, Inconsistent, Outdated), Context{}, SSSuccess},
+		{"hard detach of a lone primary",
+			st(Primary, RoleUnknown, StandAlone, UpToDate, DUnknown),
+			st(Primary, RoleUnknown, StandAlone, Diskless, DUnknown), Context{Hard: true}, SSSuccess},
+		{"requested detach of a lone primary",
+			st(Primary, RoleUnknown, StandAlone, UpToDate, DUnknown),
+			st(Primary, RoleUnknown, StandAlone, Diskless, DUnknown), Context{}, SSNoUpToDateDisk},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -1,0 +1,720 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"drbdd/drbdd/meta"
+	"drbdd/drbdd/replication"
+	"drbdd/protocol"
+)
+
+// handshake exchanges P_PROTOCOL, P_SYNC_PARAM, P_SIZES, P_UUIDS and
+// P_STATE, decides with DRBD's UUID rules whether and which way to resync,
+// exchanges bitmaps when needed, and publishes the session for writes.
+//
+// Application I/O is held (the gate is taken exclusively) from the moment
+// our UUIDs and bitmap are sampled until the session is published, so no
+// write can slip between what we told the peer and what we replicate.
+func (s *session) handshake() error {
+	r := s.r
+	c := s.c
+	r.io.gate.Lock()
+	defer r.io.gate.Unlock()
+
+	s.dataNC.SetReadDeadline(time.Now().Add(3 * handshakeTimeout))
+	defer s.dataNC.SetReadDeadline(time.Time{})
+
+	var my struct {
+		st      replication.State
+		gen     meta.Gen
+		size    int64
+		crashed bool
+	}
+	err := r.act(s.ctx, func() error {
+		if r.conn != c {
+			return fmt.Errorf("connection replaced")
+		}
+		ld := r.ldev.Load()
+		if ld == nil {
+			return fmt.Errorf("%w: no local disk: drbdd does not run diskless", errStandAlone)
+		}
+		ns := r.State()
+		ns.Conn = replication.WFReportParams
+		if err := r.setState(ns, true); err != nil {
+			return err
+		}
+		my.st = ns
+		my.gen = meta.Gen{UUIDs: ld.uuids(), Bits: uint64(ld.bitsSet())}
+		if r.crashedPrimary {
+			my.gen.Flags |= meta.UUIDFlagCrashedPrimary
+		}
+		if c.discardMyData {
+			my.gen.Flags |= meta.UUIDFlagDiscardMyData
+		}
+		if ns.Disk == replication.Inconsistent {
+			my.gen.Flags |= meta.UUIDFlagInconsistent
+		}
+		my.size = ld.size
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+
+	// Our parameters.
+	conf := c.conf
+	pol := func(name string) protocol.AfterSBPolicy {
+		p, err := protocol.ParseAfterSBPolicy(name)
+		if err != nil {
+			return 0
+		}
+		return p
+	}
+	var cf uint32
+	if c.discardMyData {
+		cf |= protocol.CFDiscardMyData
+	}
+	proto := &protocol.Protocol{
+		WireProtocol: s.wireProto,
+		AfterSB0P:    pol(conf.AfterSB0Pri),
+		AfterSB1P:    pol(conf.AfterSB1Pri),
+		AfterSB2P:    pol(conf.AfterSB2Pri),
+		ConnFlags:    cf,
+		TwoPrimaries: conf.AllowTwoPrimaries,
+	}
+	dc := r.diskConfCopy()
+	sp89 := protocol.SyncParam89{ResyncRate: uint32(min(dc.ResyncRate>>10, 1<<31)), VerifyAlg: conf.VerifyAlg, CsumsAlg: conf.CsumsAlg}
+	var syncParam protocol.Payload = &sp89
+	if s.version >= 95 {
+		syncParam = &protocol.SyncParam95{SyncParam89: sp89,
+			CPlanAhead: uint32(dc.CPlanAhead / (100 * time.Millisecond)), CFillTarget: uint32(dc.CFillTarget >> 9), CMaxRate: uint32(dc.CMaxRate >> 10)}
+	}
+	sectors := uint64(my.size) / 512
+	sizes := &protocol.Sizes{DSize: sectors, CSize: sectors, MaxBioSize: protocol.MaxBioSize}
+	w := my.gen.Words()
+	uuids := &protocol.UUIDs{Current: w[0], Bitmap: w[1], HistoryStart: w[2], HistoryEnd: w[3], DirtyBits: w[4], Flags: w[5]}
+	state := protocol.State{Role: my.st.Role, Peer: my.st.Peer, Conn: my.st.Conn, Disk: my.st.Disk, PDsk: my.st.PDsk}
+	for _, p := range []struct {
+		cmd protocol.Cmd
+		p   protocol.Payload
+	}{{protocol.PProtocol, proto}, {protocol.PSyncParam89, syncParam}, {protocol.PSizes, sizes}, {protocol.PUUIDs, uuids}, {protocol.PState, &state}} {
+		if err := s.sendNow(p.cmd, p.p); err != nil {
+			return fmt.Errorf("sending %s: %w", p.cmd, err)
+		}
+	}
+
+	// The peer's parameters, in any order.
+	var (
+		peerProto protocol.Protocol
+		peerSizes protocol.Sizes
+		peerUUIDs protocol.UUIDs
+		peerState protocol.State
+		got       = map[protocol.Cmd]bool{}
+	)
+	for len(got) < 5 {
+		h, payload, err := s.data.ReadPacket(protocol.MaxPayload)
+		if err != nil {
+			return fmt.Errorf("receiving connection parameters: %w", err)
+		}
+		s.r.io.netRecv.Add(uint64(len(payload)))
+		var dst protocol.Payload
+		switch h.Cmd {
+		case protocol.PProtocol:
+			dst = &peerProto
+		case protocol.PSyncParam89, protocol.PSyncParam:
+			h.Cmd = protocol.PSyncParam89
+			dst = nil // accepted; the SyncTarget's own settings drive its requests
+		case protocol.PSizes:
+			dst = &peerSizes
+		case protocol.PUUIDs:
+			dst = &peerUUIDs
+		case protocol.PState:
+			dst = &peerState
+		default:
+			return protoErr("unexpected %s during the connection handshake", h.Cmd)
+		}
+		if dst != nil {
+			if err := dst.Unmarshal(payload); err != nil {
+				return protoErr("%s: %v", h.Cmd, err)
+			}
+		}
+		got[h.Cmd] = true
+	}
+	s.peerUUIDsAtHandsh = peerUUIDs
+
+	// Compatibility, as receive_protocol checks it.
+	if peerProto.WireProtocol != s.wireProto {
+		return fmt.Errorf("%w: incompatible communication protocols: mine %c, peer's %c", errStandAlone, 'A'-1+s.wireProto, 'A'-1+peerProto.WireProtocol)
+	}
+	if peerProto.TwoPrimaries != conf.AllowTwoPrimaries {
+		return fmt.Errorf("%w: incompatible setting of the two-primaries options", errStandAlone)
+	}
+	for _, p := range []struct {
+		name        string
+		mine, peers protocol.AfterSBPolicy
+	}{{"after-sb-0pri", proto.AfterSB0P, peerProto.AfterSB0P}, {"after-sb-1pri", proto.AfterSB1P, peerProto.AfterSB1P}, {"after-sb-2pri", proto.AfterSB2P, peerProto.AfterSB2P}} {
+		if p.peers.FromPeer() != p.mine {
+			return fmt.Errorf("%w: incompatible %s settings", errStandAlone, p.name)
+		}
+	}
+	if peerSizes.DSize != sectors {
+		return fmt.Errorf("%w: the peer's disk size (%d KiB) differs from mine (%d KiB)", errStandAlone, peerSizes.DSize/2, sectors/2)
+	}
+	peerView := peerState.FromPeer()
+	s.peerState.Store(peerView.Pack())
+
+	// Decide.
+	peerGen := meta.GenFromWords([6]uint64{peerUUIDs.Current, peerUUIDs.Bitmap, peerUUIDs.HistoryStart, peerUUIDs.HistoryEnd, peerUUIDs.DirtyBits, peerUUIDs.Flags})
+	if peerProto.ConnFlags&protocol.CFDiscardMyData != 0 {
+		peerGen.Flags |= meta.UUIDFlagDiscardMyData
+	}
+	policy := func(name string) meta.Policy {
+		p, _ := meta.ParsePolicy(name)
+		return p
+	}
+	in := meta.HandshakeInput{
+		Self: my.gen, Peer: peerGen,
+		SelfPrimary: my.st.Role == replication.Primary, PeerPrimary: peerState.Role == replication.Primary,
+		SelfDisk: meta.DiskState(my.st.Disk), PeerDisk: meta.DiskState(peerState.Disk),
+		ResolveConflicts: c.resolveConflicts, Protocol: s.version, Features: uint32(s.features),
+		AfterSB0Pri: policy(conf.AfterSB0Pri), AfterSB1Pri: policy(conf.AfterSB1Pri), AfterSB2Pri: policy(conf.AfterSB2Pri),
+		RRConflict: policy(conf.RRConflict), DiscardMyData: c.discardMyData,
+	}
+	d := meta.SyncHandshake(in)
+	r.logf("%s: uuid_compare()=%d by rule %d (%s)", c.peerName, int(d.Compare), d.Rule.Nr, d.Rule.Desc)
+	for _, l := range d.Log {
+		r.logf("%s: %s", c.peerName, l)
+	}
+	ld := r.ldev.Load()
+	if ld == nil {
+		return fmt.Errorf("local disk detached during handshake")
+	}
+	if d.SelfRepaired {
+		if err := ld.updateUUIDs(func(u *meta.UUIDs) { *u = d.Self }); err != nil {
+			return err
+		}
+	}
+	c.discardMyData = false
+	switch d.Action {
+	case meta.ActionDisconnect:
+		if d.Result <= -100 || d.Result >= 100 {
+			r.logf("%s: Split-Brain detected, dropping connection!", c.peerName)
+		}
+		return fmt.Errorf("%w: %s", errStandAlone, d)
+	case meta.ActionConnected:
+		if bits := ld.bitsSet(); bits > 0 {
+			r.logf("%s: No resync, but %d bits in bitmap!", c.peerName, bits)
+		}
+		err = r.act(s.ctx, func() error {
+			ns := r.State()
+			ns.Conn, ns.Peer, ns.PDsk = replication.Connected, peerState.Role, peerState.Disk
+			// Same generation: a Consistent/Outdated side learns it is
+			// as up to date as its UpToDate peer.
+			if ns.PDsk == replication.UpToDate && (ns.Disk == replication.Consistent || ns.Disk == replication.Outdated) {
+				ns.Disk = replication.UpToDate
+			}
+			if ns.Disk == replication.UpToDate && (ns.PDsk == replication.Consistent || ns.PDsk == replication.Outdated) {
+				ns.PDsk = replication.UpToDate
+			}
+			r.crashedPrimary = false
+			return r.setState(ns, true)
+		})
+		if err != nil {
+			return err
+		}
+	case meta.ActionSyncSource, meta.ActionSyncTarget:
+		if err := s.startSync(d, peerState, peerGen.UUIDs); err != nil {
+			return err
+		}
+	}
+	r.sess.Store(s)
+	s.sendState()
+	return nil
+}
+
+// startSync exchanges bitmaps and the sync UUID and enters SyncSource or
+// SyncTarget (DRBD's WFBitMapS/T and WFSyncUUID steps).
+func (s *session) startSync(d meta.Decision, peerState protocol.State, peerUUIDs meta.UUIDs) error {
+	r := s.r
+	ld := r.ldev.Load()
+	source := d.Action == meta.ActionSyncSource
+	wf := replication.WFBitMapT
+	if source {
+		wf = replication.WFBitMapS
+	}
+	if err := r.act(s.ctx, func() error {
+		ns := r.State()
+		ns.Conn, ns.Peer, ns.PDsk = wf, peerState.Role, peerState.Disk
+		return r.setState(ns, true)
+	}); err != nil {
+		return err
+	}
+	if d.Full {
+		r.logf("%s: writing the whole bitmap, full sync required", s.c.peerName)
+		if err := ld.setAllOutOfSync(); err != nil {
+			return err
+		}
+	}
+	if err := s.exchangeBitmaps(ld); err != nil {
+		return err
+	}
+	var syncUUID uint64
+	if source {
+		if err := ld.updateUUIDs(func(u *meta.UUIDs) { syncUUID = u.StartSyncSource(randomUUID()) }); err != nil {
+			return err
+		}
+		if err := s.sendNow(protocol.PSyncUUID, &protocol.RSUUID{UUID: syncUUID}); err != nil {
+			return err
+		}
+	} else {
+		h, payload, err := s.data.ReadPacket(protocol.MaxPayload)
+		if err != nil {
+			return fmt.Errorf("waiting for the sync UUID: %w", err)
+		}
+		if h.Cmd != protocol.PSyncUUID {
+			return protoErr("expected P_SYNC_UUID, got %s", h.Cmd)
+		}
+		var u protocol.RSUUID
+		if err := u.Unmarshal(payload); err != nil {
+			return protoErr("%s: %v", h.Cmd, err)
+		}
+		syncUUID = u.UUID
+		primary := r.State().Role == replication.Primary
+		if err := ld.updateUUIDs(func(x *meta.UUIDs) { x.StartSyncTarget(u.UUID, primary) }); err != nil {
+			return err
+		}
+	}
+	y := newSyncState(s, !source, peerUUIDs)
+	s.syncMu.Lock()
+	s.sync = y
+	s.syncMu.Unlock()
+	bits := ld.bitsSet()
+	r.logf("%s: Began resync as %s (will sync %d KB [%d bits set]).", s.c.peerName, map[bool]string{true: "SyncSource", false: "SyncTarget"}[source], bits*4, bits)
+	return r.act(s.ctx, func() error {
+		ns := r.State()
+		if source {
+			ns.Conn, ns.PDsk = replication.SyncSource, replication.Inconsistent
+		} else {
+			ns.Conn, ns.Disk = replication.SyncTarget, replication.Inconsistent
+		}
+		if err := r.setState(ns, true); err != nil {
+			return err
+		}
+		y.begin(bits)
+		if bits == 0 {
+			// Nothing differs: the resync is over before it started.
+			return y.finishLocked()
+		}
+		return nil
+	})
+}
+
+// exchangeBitmaps sends our bitmap and merges the peer's, concurrently so
+// that two large bitmaps cannot deadlock on full socket buffers.
+func (s *session) exchangeBitmaps(ld *localDisk) error {
+	words, nbits := ld.bitmapWords()
+	sender, err := protocol.NewBitmapSender(words, nbits, s.version, true)
+	if err != nil {
+		return err
+	}
+	sent := make(chan error, 1)
+	go func() {
+		buf := make([]byte, protocol.SocketBufferSize)
+		for {
+			cmd, payload, ok := sender.Next(buf)
+			if !ok {
+				break
+			}
+			if err := s.data.WritePacket(cmd, payload); err != nil {
+				sent <- err
+				return
+			}
+			s.r.io.netSend.Add(uint64(len(payload)))
+		}
+		sent <- s.dataBuf.Flush()
+	}()
+	peerWords := make([]uint64, len(words))
+	recv, err := protocol.NewBitmapReceiver(peerWords, nbits, s.version)
+	if err != nil {
+		return err
+	}
+	for !recv.Done() {
+		h, payload, err := s.data.ReadPacket(protocol.MaxPayload)
+		if err != nil {
+			return fmt.Errorf("receiving bitmap: %w", err)
+		}
+		s.r.io.netRecv.Add(uint64(len(payload)))
+		if _, err := recv.Receive(h.Cmd, payload); err != nil {
+			return protoErr("bitmap: %v", err)
+		}
+	}
+	if err := <-sent; err != nil {
+		return fmt.Errorf("sending bitmap: %w", err)
+	}
+	pp, pb, rp, rb := recv.Stats()
+	s.r.logf("%s: receive bitmap stats [Bytes(packets)]: plain %d(%d), RLE %d(%d)", s.c.peerName, pb, pp, rb, rp)
+	return ld.mergeBitmapWords(peerWords)
+}
+
+// sendState tells the peer our current state (P_STATE).
+func (s *session) sendState() {
+	st := s.r.State()
+	s.queuePayload(protocol.PState, &protocol.State{Role: st.Role, Peer: st.Peer, Conn: st.Conn, Disk: st.Disk, PDsk: st.PDsk,
+		UserISP: st.UserIsp, PeerISP: st.PeerIsp, AftrISP: st.AftrIsp})
+}
+
+// receiver reads the data socket and dispatches the peer's packets.
+func (s *session) receiver() error {
+	for {
+		h, payload, err := s.data.ReadPacket(protocol.MaxPayload)
+		if err != nil {
+			if s.ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		s.r.io.netRecv.Add(uint64(len(payload)))
+		if err := s.dispatch(h.Cmd, payload); err != nil {
+			return err
+		}
+	}
+}
+
+func (s *session) dispatch(cmd protocol.Cmd, payload []byte) error {
+	switch cmd {
+	case protocol.PData:
+		var d protocol.Data
+		if err := d.Unmarshal(payload); err != nil {
+			return protoErr("%s: %v", cmd, err)
+		}
+		return s.recvWrite(writeData, d.DataHeader, d.Payload, int64(len(d.Payload)))
+	case protocol.PTrim, protocol.PZeroes:
+		var t protocol.Trim
+		if err := t.Unmarshal(payload); err != nil {
+			return protoErr("%s: %v", cmd, err)
+		}
+		kind := writeTrim
+		if cmd == protocol.PZeroes {
+			kind = writeZeroes
+		}
+		return s.recvWrite(kind, t.DataHeader, nil, int64(t.Size))
+	case protocol.PBarrier:
+		var b protocol.Barrier
+		if err := b.Unmarshal(payload); err != nil {
+			return protoErr("%s: %v", cmd, err)
+		}
+		s.recvBarrier(b.Barrier)
+	case protocol.PState:
+		var st protocol.State
+		if err := st.Unmarshal(payload); err != nil {
+			return protoErr("%s: %v", cmd, err)
+		}
+		return s.recvState(st.FromPeer())
+	case protocol.PUUIDs:
+		var u protocol.UUIDs
+		if err := u.Unmarshal(payload); err != nil {
+			return protoErr("%s: %v", cmd, err)
+		}
+		return s.recvUUIDs(u)
+	case protocol.PSyncParam89, protocol.PSyncParam, protocol.PSizes, protocol.PProtocolUpdate, protocol.PUnplugRemote, protocol.PDelayProbe:
+		// Tolerated: option changes and hints that need no action here.
+	case protocol.PStateChgReq:
+		var rq protocol.ReqState
+		if err := rq.Unmarshal(payload); err != nil {
+			return protoErr("%s: %v", cmd, err)
+		}
+		go s.recvStateChgReq(rq)
+	case protocol.PRSDataRequest, protocol.PCsumRSRequest, protocol.POVRequest:
+		var rq protocol.BlockReq
+		if err := rq.Unmarshal(payload); err != nil {
+			return protoErr("%s: %v", cmd, err)
+		}
+		return s.syncFor(cmd).serveRequest(cmd, rq)
+	case protocol.PRSDataReply:
+		var d protocol.Data
+		if err := d.Unmarshal(payload); err != nil {
+			return protoErr("%s: %v", cmd, err)
+		}
+		y := s.getSync()
+		if y == nil || !y.target {
+			return protoErr("%s while not SyncTarget", cmd)
+		}
+		return y.gotData(d)
+	case protocol.POVReply:
+		var rq protocol.BlockReq
+		if err := rq.Unmarshal(payload); err != nil {
+			return protoErr("%s: %v", cmd, err)
+		}
+		y := s.getSync()
+		if y == nil {
+			return protoErr("%s while not verifying", cmd)
+		}
+		return y.gotOVReply(rq)
+	case protocol.POutOfSync:
+		var bd protocol.BlockDesc
+		if err := bd.Unmarshal(payload); err != nil {
+			return protoErr("%s: %v", cmd, err)
+		}
+		if ld := s.r.ldev.Load(); ld != nil {
+			ld.markOutOfSync(int64(bd.Sector)*512, int64(bd.BlkSize))
+		}
+	default:
+		return protoErr("unexpected %s (0x%04x) on the data socket", cmd, uint16(cmd))
+	}
+	return nil
+}
+
+// recvWrite applies a write from the Primary. The range is owned in
+// arrival order before the write is handed to its goroutine, so
+// overlapping writes land in the order the Primary sent them.
+func (s *session) recvWrite(kind writeKind, h protocol.DataHeader, data []byte, n int64) error {
+	r := s.r
+	ld := r.ldev.Load()
+	off := int64(h.Sector) * 512
+	if ld == nil {
+		return s.sendMeta(protocol.PNegAck, &protocol.BlockAck{Sector: h.Sector, BlockID: h.BlockID, BlkSize: uint32(n), SeqNum: h.SeqNum})
+	}
+	if n < 0 || off < 0 || off+n > ld.size {
+		return protoErr("write of %d bytes at sector %d beyond the end of the device (%d bytes)", n, h.Sector, ld.size)
+	}
+	if st := r.State(); st.Role == replication.Primary && !s.c.conf.AllowTwoPrimaries {
+		return protoErr("peer sent a write while I am Primary")
+	}
+	wantRecvAck := h.DPFlags&protocol.DPSendReceiveAck != 0 || (s.version < 100 && s.wireProto == protocol.ProtocolB)
+	wantWriteAck := h.DPFlags&protocol.DPSendWriteAck != 0 || (s.version < 100 && s.wireProto == protocol.ProtocolC)
+	ack := protocol.BlockAck{Sector: h.Sector, BlockID: h.BlockID, BlkSize: uint32(n), SeqNum: h.SeqNum}
+	if wantRecvAck {
+		if err := s.sendMeta(protocol.PRecvAck, &ack); err != nil {
+			return err
+		}
+	}
+	var buf []byte
+	if kind == writeData {
+		buf = getBuf(len(data))
+		copy(buf, data)
+	}
+	ep := s.recvEpochWrite()
+	lr := r.io.writes.acquire(off, n)
+	select {
+	case s.peerWriteSem <- struct{}{}:
+	case <-s.ctx.Done():
+		r.io.writes.release(lr)
+		putBuf(buf)
+		return nil
+	}
+	r.io.unacked.Add(1)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		err := r.applyPeerWrite(ld, kind, buf, off, n, h.DPFlags&protocol.DPFUA != 0)
+		r.io.writes.release(lr)
+		putBuf(buf)
+		<-s.peerWriteSem
+		r.io.unacked.Add(-1)
+		if err != nil {
+			s.sendMeta(protocol.PNegAck, &ack)
+		} else {
+			if h.DPFlags&protocol.DPMaySetInSync != 0 {
+				ld.clearFullBlocks(off, n)
+				if y := s.getSync(); y != nil {
+					y.applicationWrote(off, n)
+				}
+			}
+			if wantWriteAck {
+				s.sendMeta(protocol.PWriteAck, &ack)
+			}
+		}
+		s.recvEpochDone(ep, ld)
+	}()
+	return nil
+}
+
+// applyPeerWrite writes the peer's data locally, recording the extent in
+// the activity log first like an application write.
+func (r *Resource) applyPeerWrite(ld *localDisk, kind writeKind, p []byte, off, n int64, fua bool) error {
+	if err := ld.beginWrite(off, n); err != nil {
+		r.localIOError("activity log update", off, err)
+		return err
+	}
+	defer ld.endWrite(off, n)
+	r.io.local.Add(1)
+	err := localWrite(ld.dev, kind, p, off, n, fua)
+	r.io.local.Add(-1)
+	if err != nil {
+		r.localIOError("peer write", off, err)
+		return err
+	}
+	r.io.diskWrite.Add(uint64(n))
+	return nil
+}
+
+// recvEpochWrite counts a write into the open receive epoch.
+func (s *session) recvEpochWrite() *recvEpoch {
+	s.recvMu.Lock()
+	defer s.recvMu.Unlock()
+	n := len(s.recvEpochs)
+	if n == 0 || s.recvEpochs[n-1].closed {
+		s.recvEpochs = append(s.recvEpochs, &recvEpoch{})
+		n++
+	}
+	e := s.recvEpochs[n-1]
+	e.writes++
+	return e
+}
+
+// recvBarrier closes the open receive epoch.
+func (s *session) recvBarrier(nr uint32) {
+	s.recvMu.Lock()
+	n := len(s.recvEpochs)
+	if n == 0 || s.recvEpochs[n-1].closed {
+		// An epoch without writes (possible after a reconnect): ack it.
+		s.recvEpochs = append(s.recvEpochs, &recvEpoch{})
+		n++
+	}
+	e := s.recvEpochs[n-1]
+	e.closed, e.barrier = true, nr
+	s.recvMu.Unlock()
+	s.recvEpochDone(nil, s.r.ldev.Load())
+}
+
+// recvEpochDone records a finished peer write and acknowledges, in order,
+// every closed epoch whose writes are all done, after flushing the disk:
+// a P_BARRIER_ACK promises the epoch is on stable storage.
+func (s *session) recvEpochDone(e *recvEpoch, ld *localDisk) {
+	s.recvMu.Lock()
+	if e != nil {
+		e.done++
+	}
+	var acks []protocol.BarrierAck
+	for len(s.recvEpochs) > 0 {
+		f := s.recvEpochs[0]
+		if !f.closed || f.done < f.writes {
+			break
+		}
+		acks = append(acks, protocol.BarrierAck{Barrier: f.barrier, SetSize: uint32(f.writes)})
+		s.recvEpochs = s.recvEpochs[1:]
+	}
+	s.recvMu.Unlock()
+	if len(acks) == 0 {
+		return
+	}
+	if ld != nil {
+		if err := ld.dev.Sync(); err != nil {
+			s.r.localIOError("flush", 0, err)
+			s.cancel(fmt.Errorf("flush for barrier: %w", err))
+			return
+		}
+	}
+	for i := range acks {
+		if s.sendMeta(protocol.PBarrierAck, &acks[i]) != nil {
+			return
+		}
+	}
+}
+
+// recvState applies the peer's new state to ours.
+func (s *session) recvState(peer protocol.State) error {
+	r := s.r
+	s.peerState.Store(peer.Pack())
+	return r.act(s.ctx, func() error {
+		ns := r.State()
+		ns.Peer = peer.Peer
+		ns.PDsk = peer.PDsk
+		ns.PeerIsp = peer.PeerISP
+		if y := s.getSync(); y != nil {
+			if err := y.peerStateChanged(&ns, peer); err != nil {
+				return err
+			}
+		} else if ns.Conn == replication.Connected && peer.Conn == replication.VerifyT {
+			ns.Conn = replication.VerifyT
+		} else if ns.Conn == replication.VerifyT && peer.Conn == replication.Connected {
+			ns.Conn = replication.Connected
+		}
+		if !s.c.conf.AllowTwoPrimaries && ns.Role == replication.Primary && ns.Peer == replication.Primary {
+			return fmt.Errorf("%w: both nodes are Primary", errStandAlone)
+		}
+		return r.setState(ns, true)
+	})
+}
+
+// recvStateChgReq answers a cluster-wide state change from the peer, such
+// as its promotion, after checking it against our state.
+func (s *session) recvStateChgReq(rq protocol.ReqState) {
+	r := s.r
+	mask, val := rq.Mask.FromPeer(), rq.Val.FromPeer()
+	res := replication.SSSuccess
+	err := r.act(s.ctx, func() error {
+		os := r.State()
+		ns := os
+		if mask.Peer != 0 {
+			ns.Peer = val.Peer
+		}
+		if mask.PDsk != 0 {
+			ns.PDsk = val.PDsk
+		}
+		if mask.Role != 0 {
+			ns.Role = val.Role
+		}
+		if mask.Disk != 0 {
+			ns.Disk = val.Disk
+		}
+		if r.clusterChangePending && s.c.resolveConflicts {
+			res = replication.SSConcurrentStChg
+			return nil
+		}
+		if mask.Disk != 0 && val.Disk == replication.Inconsistent {
+			// invalidate-remote from the peer: discard our data.
+			if err := r.invalidate(); err != nil {
+				var se *replication.StateError
+				if errors.As(err, &se) {
+					res = se.Result
+				} else {
+					res = replication.SSUnknownError
+				}
+			}
+			return nil
+		}
+		if err := replication.Check(os, ns, r.checkContext(false)); err != nil {
+			var se *replication.StateError
+			if errors.As(err, &se) {
+				res = se.Result
+			}
+			return nil
+		}
+		return r.setState(ns, true)
+	})
+	if err != nil {
+		res = replication.SSUnknownError
+	}
+	s.sendMeta(protocol.PStateChgReply, &protocol.ReqStateReply{Result: protocol.StateChangeResult(res)})
+}
+
+// clusterStateChange asks the peer to accept our new role before we take
+// it (DRBD's cluster-wide state change for promotion while connected).
+func (s *session) clusterStateChange(ctx context.Context, mask, val protocol.State) error {
+	for {
+		select {
+		case <-s.stateReply:
+		default:
+		}
+		if !s.queuePayload(protocol.PStateChgReq, &protocol.ReqState{Mask: mask, Val: val}) {
+			return errPeerLost
+		}
+		select {
+		case res := <-s.stateReply:
+			if res >= replication.SSSuccess {
+				return nil
+			}
+			return &replication.StateError{Result: res}
+		case <-s.ctx.Done():
+			return errPeerLost
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(2 * handshakeTimeout):
+			return &replication.StateError{Result: replication.SSCWFailedByPeer}
+		}
+	}
+}

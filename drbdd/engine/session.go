@@ -1,0 +1,704 @@
+package engine
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"drbdd/drbdd/meta"
+	"drbdd/drbdd/replication"
+	"drbdd/protocol"
+)
+
+// errPeerLost completes requests whose peer went away before acking them;
+// their blocks are marked out of sync.
+var errPeerLost = errors.New("peer lost")
+
+// errNegAck completes requests the peer failed to write.
+var errNegAck = errors.New("peer failed to write (P_NEG_ACK)")
+
+// sessionEnd says why a session ended and which connection state follows.
+type sessionEnd struct {
+	state replication.ConnState
+	err   error
+}
+
+// outPacket is one packet queued for the worker, the only writer of the
+// data socket.
+type outPacket struct {
+	cmd  protocol.Cmd
+	head []byte // encoded fixed part
+	body []byte // bulk data, not copied: owned by the sender until sent runs
+	sent func(error)
+}
+
+// peerReq is an application write waiting for the peer.
+type peerReq struct {
+	id     uint64
+	off, n int64
+	sentAt time.Time
+	done   chan struct{}
+	err    error // valid once done is closed
+	once   sync.Once
+}
+
+func (q *peerReq) resolve(err error) {
+	q.once.Do(func() {
+		q.err = err
+		close(q.done)
+	})
+}
+
+// tlEpoch is one epoch of the transfer log: the writes sent between two
+// barriers, kept until the peer acknowledges the barrier (and so has them
+// on stable storage). If the connection breaks first, they are marked out
+// of sync.
+type tlEpoch struct {
+	nr     uint32
+	ranges [][2]int64
+	closed bool // its barrier was sent
+}
+
+// recvEpoch counts the peer's writes between two of its barriers.
+type recvEpoch struct {
+	writes, done int
+	barrier      uint32
+	closed       bool
+}
+
+// session is one established connection: two sockets and the goroutines
+// that serve them. It ends at the first error; the connection loop then
+// builds a new one.
+type session struct {
+	c                 *connection
+	r                 *Resource
+	dataNC, metaNC    net.Conn
+	data, meta        *protocol.Conn
+	dataBuf           *bufio.Writer
+	version           int
+	features          protocol.FeatureFlags
+	wireProto         uint32
+	writeTimeout      time.Duration
+	maxEpochWrites    int
+	peerWriteSem      chan struct{}
+	ctx               context.Context
+	cancel            context.CancelCauseFunc
+	wg                sync.WaitGroup
+	sendq             chan *outPacket
+	peerUUIDsAtHandsh protocol.UUIDs
+
+	// syncMu guards sync, the resync or verify run of this session.
+	syncMu sync.Mutex
+	sync   *syncState
+
+	// metaMu serializes writes on the meta socket (acks, pings).
+	metaMu sync.Mutex
+
+	// sendMu orders application writes and barriers on the wire and
+	// guards the epoch fields.
+	sendMu          sync.Mutex
+	epoch           uint32
+	epochWrites     int
+	epochCompletion bool
+	seq             uint32
+
+	// pmu guards pending, tl, closed and lastBarrierAck; barrierCond
+	// (on pmu) is broadcast when a barrier ack arrives or the session ends.
+	pmu            sync.Mutex
+	barrierCond    *sync.Cond
+	pending        map[uint64]*peerReq
+	nextID         uint64
+	tl             []*tlEpoch
+	closed         bool
+	lastBarrierAck uint32
+
+	// recvMu guards recvEpochs, the peer's open epochs in arrival order.
+	recvMu     sync.Mutex
+	recvEpochs []*recvEpoch
+
+	// peerState is the peer's last P_STATE, converted to our view.
+	peerState atomic.Uint32
+	// lastAckCheck is when asender last scanned for overdue requests; only
+	// asender uses it.
+	lastAckCheck time.Time
+	// pingRTT is the last measured ping round trip in nanoseconds.
+	pingRTT atomic.Int64
+	// stateReply delivers P_STATE_CHG_REPLY to a waiting cluster-wide
+	// state change.
+	stateReply chan replication.Result
+}
+
+// maxPeerWrites bounds the peer writes applied concurrently when
+// max-buffers is not set.
+const maxPeerWrites = 256
+
+func newSession(c *connection, data, meta *protocol.Conn, dataNC, metaNC net.Conn) *session {
+	s := &session{
+		c:          c,
+		r:          c.r,
+		dataNC:     dataNC,
+		metaNC:     metaNC,
+		meta:       meta,
+		version:    data.Version(),
+		wireProto:  c.conf.Protocol,
+		pending:    map[uint64]*peerReq{},
+		epoch:      1,
+		stateReply: make(chan replication.Result, 1),
+	}
+	if s.wireProto == 0 {
+		s.wireProto = protocol.ProtocolC
+	}
+	s.writeTimeout = c.conf.Timeout * time.Duration(max(c.conf.KoCount, 1))
+	if s.writeTimeout <= 0 {
+		s.writeTimeout = 42 * time.Second
+	}
+	s.maxEpochWrites = int(c.conf.MaxEpochSize)
+	if s.maxEpochWrites <= 0 {
+		s.maxEpochWrites = 2048
+	}
+	buffers := int(c.conf.MaxBuffers)
+	if buffers <= 0 || buffers > maxPeerWrites*8 {
+		buffers = maxPeerWrites
+	}
+	s.peerWriteSem = make(chan struct{}, buffers)
+	s.sendq = make(chan *outPacket, buffers)
+	s.barrierCond = sync.NewCond(&s.pmu)
+	// The worker batches packets in this buffer and flushes when its queue
+	// runs empty, so that many small writes share one system call.
+	s.dataBuf = bufio.NewWriterSize(dataNC, 256<<10)
+	s.data = protocol.NewConn(struct {
+		io.Reader
+		io.Writer
+	}{dataNC, s.dataBuf})
+	s.data.SetVersion(s.version)
+	s.ctx, s.cancel = context.WithCancelCause(c.ctx)
+	return s
+}
+
+// run performs the state handshake, serves the session until it fails,
+// and tears it down. It returns why it ended.
+func (s *session) run() sessionEnd {
+	r := s.r
+	if err := s.handshake(); err != nil {
+		s.teardown(err)
+		return classify(err)
+	}
+	s.goRun(s.receiver)
+	s.goRun(s.worker)
+	s.goRun(s.asender)
+	if y := s.getSync(); y != nil && y.target {
+		s.goRun(s.resyncer)
+	}
+	<-s.ctx.Done()
+	err := context.Cause(s.ctx)
+	s.teardown(err)
+	r.logf("%s: %s", s.c.peerName, describeEnd(err))
+	return classify(err)
+}
+
+// goRun starts one of the session's goroutines; the first to fail ends
+// the session.
+func (s *session) goRun(fn func() error) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := fn(); err != nil {
+			s.cancel(err)
+		}
+	}()
+}
+
+// Errors that say which connection state follows a failure.
+var (
+	errPingTimeout = errors.New("PingAck did not arrive in time")
+	errAckTimeout  = errors.New("peer did not answer a request within timeout * ko-count")
+)
+
+// protocolError marks a violation of the wire protocol by the peer.
+type protocolError struct{ err error }
+
+func (e *protocolError) Error() string { return "protocol error: " + e.err.Error() }
+func (e *protocolError) Unwrap() error { return e.err }
+
+func protoErr(format string, args ...any) error {
+	return &protocolError{fmt.Errorf(format, args...)}
+}
+
+// classify maps a session's end to the connection state DRBD would show.
+func classify(err error) sessionEnd {
+	var pe *protocolError
+	switch {
+	case errors.Is(err, errStandAlone):
+		return sessionEnd{replication.StandAlone, err}
+	case errors.As(err, &pe), errors.Is(err, protocol.ErrBadMagic), errors.Is(err, protocol.ErrBadHeader),
+		errors.Is(err, protocol.ErrTooLarge), errors.Is(err, protocol.ErrMalformed), errors.Is(err, protocol.ErrUnexpectedPacket),
+		errors.Is(err, protocol.ErrShortPayload), errors.Is(err, protocol.ErrLongPayload):
+		return sessionEnd{replication.ProtocolError, err}
+	case errors.Is(err, errPingTimeout), errors.Is(err, errAckTimeout), errors.Is(err, os.ErrDeadlineExceeded):
+		return sessionEnd{replication.Timeout, err}
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
+		return sessionEnd{replication.BrokenPipe, err}
+	}
+	return sessionEnd{replication.NetworkFailure, err}
+}
+
+func describeEnd(err error) string {
+	if err == nil {
+		return "session ended"
+	}
+	return "session ended: " + err.Error()
+}
+
+// teardown closes the sockets, waits for the goroutines, fails every
+// request still waiting for the peer and marks the transfer log out of
+// sync, then moves the state to "peer unknown".
+func (s *session) teardown(err error) {
+	r := s.r
+	s.cancel(err)
+	s.dataNC.Close()
+	s.metaNC.Close()
+	s.wg.Wait()
+	// Unpublish first so that new writes stop coming here.
+	r.sess.CompareAndSwap(s, nil)
+
+	s.pmu.Lock()
+	s.closed = true
+	pending := s.pending
+	s.pending = map[uint64]*peerReq{}
+	tl := s.tl
+	s.tl = nil
+	s.barrierCond.Broadcast()
+	s.pmu.Unlock()
+	ld := r.ldev.Load()
+	marked := int64(0)
+	for _, e := range tl {
+		for _, rg := range e.ranges {
+			if ld != nil {
+				ld.markOutOfSync(rg[0], rg[1])
+			}
+			marked += rg[1]
+		}
+	}
+	for _, q := range pending {
+		if ld != nil {
+			ld.markOutOfSync(q.off, q.n)
+		}
+		q.resolve(errPeerLost)
+	}
+	if marked > 0 {
+		r.logf("%s: %d KiB of writes not yet confirmed on the peer's stable storage marked out of sync", s.c.peerName, marked>>10)
+	}
+	r.io.pending.Store(0)
+	r.io.unacked.Store(0)
+	r.io.epochs.Store(0)
+	if y := s.getSync(); y != nil {
+		y.stop()
+	}
+	s.lostPeer()
+}
+
+// lostPeer applies DRBD's reaction to losing the peer's copy: the peer's
+// role and disk become unknown and, on a Primary whose data is UpToDate, a
+// new current UUID starts a generation the peer does not have, so that the
+// reconnect knows to resync exactly what the bitmap recorded.
+func (s *session) lostPeer() {
+	r := s.r
+	_ = r.act(context.Background(), func() error {
+		os := r.State()
+		ns := os
+		ns.Peer, ns.PDsk = replication.RoleUnknown, replication.DUnknown
+		ns.PeerIsp = false
+		if ns.Conn >= replication.Connected {
+			ns.Conn = replication.NetworkFailure
+		}
+		if err := r.setState(ns, true); err != nil {
+			return err
+		}
+		ld := r.ldev.Load()
+		if ld == nil {
+			return nil
+		}
+		peerHadData := os.PDsk >= replication.Inconsistent && os.PDsk != replication.DUnknown && os.PDsk != replication.Outdated
+		if peerHadData {
+			var generated bool
+			err := ld.updateUUIDs(func(u *meta.UUIDs) {
+				generated = u.LostPeerData(randomUUID(), os.Role == replication.Primary, os.Peer == replication.Primary, os.Disk >= replication.UpToDate)
+			})
+			if generated {
+				r.logf("new current UUID %s (lost the peer's copy of the data)", ld.uuids())
+			}
+			return err
+		}
+		return nil
+	})
+}
+
+// sendMeta writes one packet on the meta socket.
+func (s *session) sendMeta(cmd protocol.Cmd, p protocol.Payload) error {
+	s.metaMu.Lock()
+	defer s.metaMu.Unlock()
+	s.metaNC.SetWriteDeadline(time.Now().Add(s.writeTimeout))
+	err := s.meta.WritePayload(cmd, p)
+	if err != nil {
+		s.cancel(fmt.Errorf("sending %s: %w", cmd, err))
+	}
+	return err
+}
+
+// sendNow writes a packet on the data socket directly; only for the
+// handshake, before the worker owns the socket.
+func (s *session) sendNow(cmd protocol.Cmd, p protocol.Payload) error {
+	s.dataNC.SetWriteDeadline(time.Now().Add(handshakeTimeout))
+	if err := s.data.WritePayload(cmd, p); err != nil {
+		return err
+	}
+	return s.dataBuf.Flush()
+}
+
+// queue hands a packet to the worker. It blocks while the queue is full,
+// which is how a slow peer pushes back on the application.
+func (s *session) queue(p *outPacket) bool {
+	select {
+	case s.sendq <- p:
+		return true
+	case <-s.ctx.Done():
+		if p.sent != nil {
+			p.sent(errPeerLost)
+		}
+		return false
+	}
+}
+
+// queuePayload queues an encoded payload.
+func (s *session) queuePayload(cmd protocol.Cmd, p protocol.Payload) bool {
+	return s.queue(&outPacket{cmd: cmd, head: p.MarshalAppend(nil)})
+}
+
+// worker is the only writer of the data socket: it sends application
+// writes, barriers, resync traffic and state packets in queue order,
+// batching whatever is queued into one flush.
+func (s *session) worker() error {
+	var sent []*outPacket
+	for {
+		var p *outPacket
+		select {
+		case p = <-s.sendq:
+		case <-s.ctx.Done():
+			return nil
+		}
+		sent = sent[:0]
+		s.dataNC.SetWriteDeadline(time.Now().Add(s.writeTimeout))
+		for p != nil {
+			var err error
+			if p.body != nil {
+				err = s.data.WritePacket(p.cmd, p.head, p.body)
+			} else {
+				err = s.data.WritePacket(p.cmd, p.head)
+			}
+			if err != nil {
+				return fmt.Errorf("sending %s: %w", p.cmd, err)
+			}
+			s.r.io.netSend.Add(uint64(len(p.body)))
+			sent = append(sent, p)
+			if len(sent) >= 64 || s.dataBuf.Buffered() > 128<<10 {
+				break
+			}
+			select {
+			case p = <-s.sendq:
+			default:
+				p = nil
+			}
+		}
+		if err := s.dataBuf.Flush(); err != nil {
+			return fmt.Errorf("sending: %w", err)
+		}
+		for _, q := range sent {
+			if q.sent != nil {
+				q.sent(nil)
+			}
+		}
+	}
+}
+
+// asender owns the meta socket's reading side: it answers pings, sends
+// pings every ping-int and fails the session when a PingAck is late, and
+// turns acks into request completions. It never does disk I/O, so
+// keepalives never wait behind a slow disk.
+func (s *session) asender() error {
+	conf := s.c.conf
+	pingInt, pingTimeout := conf.PingInt, conf.PingTimeout
+	if pingInt <= 0 {
+		pingInt = 10 * time.Second
+	}
+	if pingTimeout <= 0 {
+		pingTimeout = 500 * time.Millisecond
+	}
+	var pingSent time.Time
+	nextPing := time.Now().Add(pingInt)
+	for {
+		now := time.Now()
+		if !pingSent.IsZero() && now.Sub(pingSent) > pingTimeout {
+			return errPingTimeout
+		}
+		if pingSent.IsZero() && !now.Before(nextPing) {
+			if err := s.sendMeta(protocol.PPing, &protocol.Empty{}); err != nil {
+				return err
+			}
+			pingSent = now
+		}
+		if err := s.checkAckTimeout(now); err != nil {
+			return err
+		}
+		deadline := nextPing
+		if !pingSent.IsZero() {
+			deadline = pingSent.Add(pingTimeout)
+		}
+		s.metaNC.SetReadDeadline(deadline.Add(time.Millisecond))
+		h, payload, err := s.meta.ReadPacket(protocol.MaxPayload)
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) && s.ctx.Err() == nil {
+				continue
+			}
+			if s.ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		switch h.Cmd {
+		case protocol.PPing:
+			if err := s.sendMeta(protocol.PPingAck, &protocol.Empty{}); err != nil {
+				return err
+			}
+		case protocol.PPingAck:
+			if !pingSent.IsZero() {
+				s.pingRTT.Store(int64(time.Since(pingSent)))
+			}
+			pingSent = time.Time{}
+			nextPing = time.Now().Add(pingInt)
+		default:
+			if err := s.gotMeta(h.Cmd, payload); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// checkAckTimeout fails the session when a request waits longer than
+// timeout * ko-count: the peer answers pings but does not complete writes
+// (DRBD's ko-count). It scans at most once a second.
+func (s *session) checkAckTimeout(now time.Time) error {
+	if now.Sub(s.lastAckCheck) < time.Second {
+		return nil
+	}
+	s.lastAckCheck = now
+	s.pmu.Lock()
+	defer s.pmu.Unlock()
+	for _, q := range s.pending {
+		if now.Sub(q.sentAt) > s.writeTimeout {
+			return fmt.Errorf("%w (block_id %#x, %v)", errAckTimeout, q.id, now.Sub(q.sentAt).Round(time.Millisecond))
+		}
+	}
+	return nil
+}
+
+// gotMeta handles an ack-type packet from the meta socket.
+func (s *session) gotMeta(cmd protocol.Cmd, payload []byte) error {
+	switch cmd {
+	case protocol.PWriteAck, protocol.PRecvAck, protocol.PNegAck:
+		var a protocol.BlockAck
+		if err := a.Unmarshal(payload); err != nil {
+			return protoErr("%s: %v", cmd, err)
+		}
+		var err error
+		if cmd == protocol.PNegAck {
+			err = errNegAck
+		}
+		if cmd == protocol.PRecvAck && s.wireProto != protocol.ProtocolB {
+			return nil // informational under protocol C
+		}
+		s.pmu.Lock()
+		q := s.pending[a.BlockID]
+		delete(s.pending, a.BlockID)
+		s.pmu.Unlock()
+		if q == nil {
+			return protoErr("%s for unknown block_id %#x", cmd, a.BlockID)
+		}
+		s.r.io.pending.Add(-1)
+		q.resolve(err)
+	case protocol.PBarrierAck:
+		var b protocol.BarrierAck
+		if err := b.Unmarshal(payload); err != nil {
+			return protoErr("%s: %v", cmd, err)
+		}
+		s.pmu.Lock()
+		i := 0
+		for i < len(s.tl) && s.tl[i].closed && int32(b.Barrier-s.tl[i].nr) >= 0 {
+			i++
+		}
+		s.tl = s.tl[i:]
+		s.lastBarrierAck = b.Barrier
+		s.barrierCond.Broadcast()
+		s.pmu.Unlock()
+		s.r.io.epochs.Add(-1)
+	case protocol.PRSWriteAck, protocol.PRSIsInSync, protocol.PNegRSDReply:
+		y := s.getSync()
+		if y == nil {
+			return protoErr("%s while not syncing", cmd)
+		}
+		return y.gotAck(cmd, payload)
+	case protocol.POVResult:
+		return s.syncFor(cmd).gotOVResult(payload)
+	case protocol.PStateChgReply:
+		var rep protocol.ReqStateReply
+		if err := rep.Unmarshal(payload); err != nil {
+			return protoErr("%s: %v", cmd, err)
+		}
+		select {
+		case s.stateReply <- replication.Result(rep.Result):
+		default:
+		}
+	case protocol.PNegDReply, protocol.PDelayProbe, protocol.PRSCancel, protocol.PSuperseded, protocol.PRetryWrite, protocol.PConnStChgReply:
+		// Not used with a single Primary and a local disk; tolerate.
+	default:
+		return protoErr("unexpected %s (0x%04x) on the meta socket", cmd, uint16(cmd))
+	}
+	return nil
+}
+
+// submitWrite sends an application write to the peer. It returns nil when
+// the session is closing; the caller then marks the blocks out of sync.
+func (s *session) submitWrite(kind writeKind, p []byte, off, n int64, fua bool) *peerReq {
+	q := &peerReq{off: off, n: n, sentAt: time.Now(), done: make(chan struct{})}
+	s.sendMu.Lock()
+	defer s.sendMu.Unlock()
+	if s.epochWrites > 0 && (s.epochCompletion || s.epochWrites >= s.maxEpochWrites) {
+		if !s.closeEpoch() {
+			return nil
+		}
+	}
+	s.pmu.Lock()
+	if s.closed {
+		s.pmu.Unlock()
+		return nil
+	}
+	s.nextID++
+	q.id = s.nextID
+	s.pending[q.id] = q
+	if len(s.tl) == 0 || s.tl[len(s.tl)-1].closed {
+		s.tl = append(s.tl, &tlEpoch{nr: s.epoch})
+	}
+	e := s.tl[len(s.tl)-1]
+	e.ranges = append(e.ranges, [2]int64{off, n})
+	s.pmu.Unlock()
+	s.r.io.pending.Add(1)
+
+	s.seq++
+	hdr := protocol.DataHeader{Sector: uint64(off) / 512, BlockID: q.id, SeqNum: s.seq, DPFlags: protocol.DPMaySetInSync}
+	if fua {
+		hdr.DPFlags |= protocol.DPFUA
+	}
+	if s.version >= 100 {
+		switch s.wireProto {
+		case protocol.ProtocolC:
+			hdr.DPFlags |= protocol.DPSendWriteAck
+		case protocol.ProtocolB:
+			hdr.DPFlags |= protocol.DPSendReceiveAck
+		}
+	}
+	pkt := &outPacket{}
+	switch kind {
+	case writeData:
+		pkt.cmd, pkt.head, pkt.body = protocol.PData, hdr.MarshalAppend(nil), p
+	case writeTrim, writeZeroes:
+		pkt.cmd = protocol.PTrim
+		if kind == writeZeroes && s.features&protocol.FeatureWZeroes != 0 {
+			pkt.cmd = protocol.PZeroes
+		}
+		t := protocol.Trim{DataHeader: hdr, Size: uint32(n)}
+		pkt.head = t.MarshalAppend(nil)
+	}
+	if s.wireProto == protocol.ProtocolA {
+		// Protocol A: done once the data is on the wire.
+		pkt.sent = func(err error) {
+			if err != nil {
+				return
+			}
+			s.pmu.Lock()
+			_, ok := s.pending[q.id]
+			delete(s.pending, q.id)
+			s.pmu.Unlock()
+			if ok {
+				s.r.io.pending.Add(-1)
+				q.resolve(nil)
+			}
+		}
+	}
+	s.epochWrites++
+	if !s.queue(pkt) {
+		return q // teardown resolves it
+	}
+	return q
+}
+
+// closeEpoch sends a barrier for the current epoch. Caller holds sendMu.
+func (s *session) closeEpoch() bool {
+	nr := s.epoch
+	s.pmu.Lock()
+	if n := len(s.tl); n > 0 && !s.tl[n-1].closed && s.tl[n-1].nr == nr {
+		s.tl[n-1].closed = true
+	}
+	s.pmu.Unlock()
+	s.epoch++
+	s.epochWrites = 0
+	s.epochCompletion = false
+	s.r.io.epochs.Add(1)
+	return s.queuePayload(protocol.PBarrier, &protocol.Barrier{Barrier: nr})
+}
+
+// writeCompleted notes that an application write finished: the next write
+// may depend on it, so it must go into a new epoch.
+func (s *session) writeCompleted() {
+	s.sendMu.Lock()
+	s.epochCompletion = true
+	s.sendMu.Unlock()
+}
+
+// flush makes every write sent so far durable on the peer: it closes the
+// current epoch and waits for the barrier acks, which the peer sends only
+// after flushing its disk.
+func (s *session) flush() error {
+	s.sendMu.Lock()
+	if s.epochWrites > 0 {
+		if !s.closeEpoch() {
+			s.sendMu.Unlock()
+			return errPeerLost
+		}
+	}
+	// Every epoch up to this one is closed now; wait for their acks only,
+	// so that a flush under continuous load does not wait for later writes.
+	target := s.epoch - 1
+	s.sendMu.Unlock()
+	s.pmu.Lock()
+	defer s.pmu.Unlock()
+	for len(s.tl) > 0 && int32(target-s.tl[0].nr) >= 0 && !s.closed {
+		s.barrierCond.Wait()
+	}
+	if s.closed {
+		return errPeerLost
+	}
+	return nil
+}
+
+// getSync returns the session's resync or verify run, if any.
+func (s *session) getSync() *syncState {
+	s.syncMu.Lock()
+	defer s.syncMu.Unlock()
+	return s.sync
+}

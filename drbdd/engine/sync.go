@@ -1,0 +1,676 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"crypto/md5"
+	"crypto/sha1"
+	"crypto/sha256"
+	"crypto/sha512"
+	"fmt"
+	"hash"
+	"hash/crc32"
+	"strings"
+	"sync"
+	"time"
+
+	"drbdd/drbdd/meta"
+	"drbdd/drbdd/replication"
+	"drbdd/drbdd/resync"
+	"drbdd/protocol"
+)
+
+// syncState is one resync or online verify run within a session.
+type syncState struct {
+	s         *session
+	target    bool // SyncTarget (pulls) rather than SyncSource (serves)
+	peerUUIDs meta.UUIDs
+	// sem bounds the disk reads served to the peer at once.
+	sem chan struct{}
+
+	// mu guards everything below.
+	mu        sync.Mutex
+	planner   *resync.Planner
+	ctrl      *resync.Controller
+	marks     *resync.Marks
+	total     uint64
+	started   time.Time
+	finished  bool
+	equal     uint64 // blocks found equal by checksum
+	verify    *verifyRun
+	stopped   bool
+	bytesSent uint64
+}
+
+// verifyRun is an online verify this node started (VerifyS).
+type verifyRun struct {
+	v     *resync.Verifier
+	alg   string
+	marks *resync.Marks
+	start time.Time
+}
+
+// serveParallel bounds concurrent resync/verify reads served to the peer.
+const serveParallel = 64
+
+func newSyncState(s *session, target bool, peerUUIDs meta.UUIDs) *syncState {
+	return &syncState{s: s, target: target, peerUUIDs: peerUUIDs, sem: make(chan struct{}, serveParallel)}
+}
+
+// syncFor returns the session's sync state, creating a serving-only one
+// for requests that arrive without a local resync (verify target).
+func (s *session) syncFor(cmd protocol.Cmd) *syncState {
+	s.syncMu.Lock()
+	defer s.syncMu.Unlock()
+	if s.sync == nil {
+		s.sync = newSyncState(s, false, meta.UUIDs{})
+	}
+	return s.sync
+}
+
+// bitmapAdapter lets the planner work on the local disk's bitmap.
+type bitmapAdapter struct{ ld *localDisk }
+
+func (b bitmapAdapter) Bits() uint64 {
+	b.ld.mu.Lock()
+	defer b.ld.mu.Unlock()
+	return uint64(b.ld.md.Bitmap().Len())
+}
+func (b bitmapAdapter) Test(bit uint64) bool {
+	b.ld.mu.Lock()
+	defer b.ld.mu.Unlock()
+	return b.ld.md.Bitmap().Test(int64(bit))
+}
+func (b bitmapAdapter) NextSet(from uint64) (uint64, bool) {
+	b.ld.mu.Lock()
+	defer b.ld.mu.Unlock()
+	n := b.ld.md.Bitmap().NextSet(int64(from))
+	return uint64(n), n >= 0
+}
+func (b bitmapAdapter) Weight() uint64 {
+	b.ld.mu.Lock()
+	defer b.ld.mu.Unlock()
+	return uint64(b.ld.md.Bitmap().Count())
+}
+func (b bitmapAdapter) Clear(bit, n uint64) {
+	b.ld.mu.Lock()
+	defer b.ld.mu.Unlock()
+	b.ld.md.Bitmap().ClearBits(int64(bit), int64(bit+n))
+}
+
+// begin starts the run's bookkeeping; it runs on the owner goroutine.
+func (y *syncState) begin(bits int64) {
+	r := y.s.r
+	now := time.Now()
+	y.mu.Lock()
+	defer y.mu.Unlock()
+	y.total = uint64(bits)
+	y.started = now
+	y.marks = resync.NewMarks(now, uint64(bits))
+	if !y.target {
+		return
+	}
+	ld := r.ldev.Load()
+	dc := r.diskConfCopy()
+	var err error
+	y.planner, err = resync.NewPlanner(bitmapAdapter{ld}, resync.PlannerConfig{
+		DeviceSectors: uint64(ld.size) / 512,
+		Busy: func(startBit, n uint64) bool {
+			return r.io.writes.busy(int64(startBit)*meta.BMBlockSize, int64(n)*meta.BMBlockSize)
+		},
+	})
+	if err != nil {
+		r.logf("resync planner: %v", err)
+		return
+	}
+	cfg := resync.ControllerConfig{
+		ResyncRate: uint32(min(dc.ResyncRate>>10, 1<<31)),
+		PlanAhead:  uint32(dc.CPlanAhead / (100 * time.Millisecond)),
+		FillTarget: uint32(min(dc.CFillTarget>>9, 1<<31)),
+		// DRBD's default c-delay-target (1 s); it decides only when no
+		// fill target is set.
+		DelayTarget: 10,
+		MaxRate:    uint32(min(dc.CMaxRate>>10, 1<<31)),
+		MinRate:    uint32(min(dc.CMinRate>>10, 1<<31)),
+		MaxBuffers: uint32(y.s.c.conf.MaxBuffers),
+	}
+	if cfg.ResyncRate == 0 {
+		cfg = resync.DefaultControllerConfig()
+	}
+	if cfg.PlanAhead > 0 && cfg.MaxRate == 0 {
+		cfg.MaxRate = cfg.ResyncRate
+	}
+	if y.ctrl, err = resync.NewController(cfg); err != nil {
+		r.logf("resync controller: %v; using defaults", err)
+		y.ctrl, _ = resync.NewController(resync.DefaultControllerConfig())
+	}
+}
+
+func (y *syncState) stop() {
+	y.mu.Lock()
+	y.stopped = true
+	y.mu.Unlock()
+}
+
+// resyncer is the SyncTarget's request loop: every 100 ms the controller
+// says how much to ask for and the planner which blocks.
+func (s *session) resyncer() error {
+	y := s.getSync()
+	r := s.r
+	tick := time.NewTicker(resync.SleepTime)
+	defer tick.Stop()
+	csums := s.c.conf.CsumsAlg
+	for {
+		select {
+		case <-s.ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		st := r.State()
+		if st.Conn == replication.PausedSyncT {
+			continue
+		}
+		if st.Conn != replication.SyncTarget {
+			return nil
+		}
+		y.mu.Lock()
+		if y.finished || y.planner == nil {
+			y.mu.Unlock()
+			return nil
+		}
+		reqs := y.planner.Next(y.ctrl.Tick())
+		var blocks uint64
+		for _, q := range reqs {
+			blocks += q.Blocks()
+		}
+		y.ctrl.Issued(blocks)
+		y.marks.Advance(time.Now(), y.planner.Progress().Left)
+		done := y.planner.Finished()
+		y.mu.Unlock()
+		for _, q := range reqs {
+			br := protocol.BlockReq{Sector: q.Sector, BlockID: protocol.BlockIDSyncer, BlkSize: q.Size}
+			cmd := protocol.PRSDataRequest
+			if csums != "" {
+				if d, err := y.localDigest(csums, int64(q.Sector)*512, int64(q.Size)); err == nil {
+					br.Digest, cmd = d, protocol.PCsumRSRequest
+				}
+			}
+			if !s.queuePayload(cmd, &br) {
+				return nil
+			}
+		}
+		if done {
+			return r.act(s.ctx, func() error { return y.finishLocked() })
+		}
+	}
+}
+
+// localDigest reads a block range and hashes it with alg.
+func (y *syncState) localDigest(alg string, off, n int64) ([]byte, error) {
+	ld := y.s.r.ldev.Load()
+	if ld == nil {
+		return nil, fmt.Errorf("no local disk")
+	}
+	buf := getBuf(int(n))
+	defer putBuf(buf)
+	if _, err := ld.dev.ReadAt(buf, off); err != nil {
+		return nil, err
+	}
+	return digest(alg, buf)
+}
+
+// digest hashes p with a verify-alg / csums-alg name.
+func digest(alg string, p []byte) ([]byte, error) {
+	var h hash.Hash
+	switch strings.TrimSuffix(strings.TrimPrefix(strings.ToLower(alg), "hmac("), ")") {
+	case "crc32c":
+		h = crc32.New(crc32.MakeTable(crc32.Castagnoli))
+	case "md5":
+		h = md5.New()
+	case "sha1":
+		h = sha1.New()
+	case "sha256":
+		h = sha256.New()
+	case "sha512":
+		h = sha512.New()
+	default:
+		return nil, fmt.Errorf("unknown digest algorithm %q", alg)
+	}
+	h.Write(p)
+	return h.Sum(nil), nil
+}
+
+// gotData writes a resync reply (SyncTarget). The range is owned in
+// arrival order, like application writes from the peer.
+func (y *syncState) gotData(d protocol.Data) error {
+	s := y.s
+	r := s.r
+	ld := r.ldev.Load()
+	off, n := int64(d.Sector)*512, int64(len(d.Payload))
+	if ld == nil {
+		return fmt.Errorf("local disk gone during resync")
+	}
+	if off < 0 || n <= 0 || off+n > ld.size {
+		return protoErr("resync data of %d bytes at sector %d beyond the device", n, d.Sector)
+	}
+	buf := getBuf(int(n))
+	copy(buf, d.Payload)
+	lr := r.io.writes.acquire(off, n)
+	select {
+	case s.peerWriteSem <- struct{}{}:
+	case <-s.ctx.Done():
+		r.io.writes.release(lr)
+		putBuf(buf)
+		return nil
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		r.io.local.Add(1)
+		err := localWrite(ld.dev, writeData, buf, off, n, false)
+		r.io.local.Add(-1)
+		r.io.writes.release(lr)
+		putBuf(buf)
+		<-s.peerWriteSem
+		ack := protocol.BlockAck{Sector: d.Sector, BlockID: d.BlockID, BlkSize: uint32(n)}
+		outcome := resync.Synced
+		if err != nil {
+			r.localIOError("resync write", off, err)
+			outcome = resync.Failed
+		} else {
+			r.io.diskWrite.Add(uint64(n))
+		}
+		y.complete(d.Sector, uint32(n), outcome)
+		if err == nil {
+			s.sendMeta(protocol.PRSWriteAck, &ack)
+		} else {
+			s.sendMeta(protocol.PNegAck, &ack)
+		}
+	}()
+	return nil
+}
+
+// complete records the outcome of one resync request on the SyncTarget.
+func (y *syncState) complete(sector uint64, size uint32, o resync.Outcome) {
+	y.mu.Lock()
+	defer y.mu.Unlock()
+	if y.planner == nil {
+		return
+	}
+	if err := y.planner.Complete(sector, size, o); err != nil {
+		y.s.r.logf("resync: %v", err)
+	}
+	y.ctrl.Received(uint64(size) / 512)
+}
+
+// gotAck handles resync acks arriving on the meta socket.
+func (y *syncState) gotAck(cmd protocol.Cmd, payload []byte) error {
+	var a protocol.BlockAck
+	if err := a.Unmarshal(payload); err != nil {
+		return protoErr("%s: %v", cmd, err)
+	}
+	r := y.s.r
+	switch cmd {
+	case protocol.PRSWriteAck:
+		// SyncSource: the target has the block now.
+		if ld := r.ldev.Load(); ld != nil {
+			ld.clearRange(int64(a.Sector)*512, int64(a.BlkSize))
+		}
+		y.mu.Lock()
+		y.bytesSent += uint64(a.BlkSize)
+		y.mu.Unlock()
+	case protocol.PRSIsInSync:
+		// SyncTarget: the checksums matched, nothing was sent.
+		y.mu.Lock()
+		y.equal += uint64(a.BlkSize) / meta.BMBlockSize
+		y.mu.Unlock()
+		y.complete(a.Sector, a.BlkSize, resync.Synced)
+	case protocol.PNegRSDReply:
+		r.logf("resync: the peer could not read sector %d (%d bytes)", a.Sector, a.BlkSize)
+		y.complete(a.Sector, a.BlkSize, resync.Failed)
+	}
+	return nil
+}
+
+// serveRequest answers a resync, checksum or verify request from the peer
+// (SyncSource or VerifyT). The read happens under the range lock and the
+// reply is queued before the lock is released, so it cannot overtake an
+// application write to the same blocks on the wire.
+func (y *syncState) serveRequest(cmd protocol.Cmd, rq protocol.BlockReq) error {
+	s := y.s
+	r := s.r
+	ld := r.ldev.Load()
+	off, n := int64(rq.Sector)*512, int64(rq.BlkSize)
+	if ld == nil {
+		return fmt.Errorf("no local disk")
+	}
+	if n <= 0 || n > protocol.MaxBioSize || off < 0 || off+n > ld.size {
+		return protoErr("%s for %d bytes at sector %d outside the device", cmd, n, rq.Sector)
+	}
+	select {
+	case y.sem <- struct{}{}:
+	case <-s.ctx.Done():
+		return nil
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer func() { <-y.sem }()
+		lr := r.io.writes.acquire(off, n)
+		buf := getBuf(int(n))
+		r.io.local.Add(1)
+		_, err := ld.dev.ReadAt(buf, off)
+		r.io.local.Add(-1)
+		ack := protocol.BlockAck{Sector: rq.Sector, BlockID: rq.BlockID, BlkSize: rq.BlkSize}
+		if err != nil {
+			r.io.writes.release(lr)
+			putBuf(buf)
+			r.localIOError("resync read", off, err)
+			s.sendMeta(protocol.PNegRSDReply, &ack)
+			return
+		}
+		r.io.diskRead.Add(uint64(n))
+		switch cmd {
+		case protocol.PCsumRSRequest:
+			if d, derr := digest(s.c.conf.CsumsAlg, buf); derr == nil && bytes.Equal(d, rq.Digest) {
+				r.io.writes.release(lr)
+				putBuf(buf)
+				s.sendMeta(protocol.PRSIsInSync, &ack)
+				if ld := r.ldev.Load(); ld != nil {
+					ld.clearRange(off, n)
+				}
+				return
+			}
+			fallthrough
+		case protocol.PRSDataRequest:
+			hdr := protocol.DataHeader{Sector: rq.Sector, BlockID: rq.BlockID}
+			s.queue(&outPacket{cmd: protocol.PRSDataReply, head: hdr.MarshalAppend(nil), body: buf, sent: func(error) { putBuf(buf) }})
+			r.io.writes.release(lr)
+		case protocol.POVRequest:
+			r.io.writes.release(lr)
+			d, derr := digest(s.c.conf.VerifyAlg, buf)
+			putBuf(buf)
+			if derr != nil {
+				s.cancel(fmt.Errorf("verify: %w", derr))
+				return
+			}
+			s.queuePayload(protocol.POVReply, &protocol.BlockReq{Sector: rq.Sector, BlockID: rq.BlockID, BlkSize: rq.BlkSize, Digest: d})
+		}
+	}()
+	return nil
+}
+
+// applicationWrote tells the SyncTarget's planner that replicated writes
+// made these blocks identical on both sides.
+func (y *syncState) applicationWrote(off, n int64) {
+	y.mu.Lock()
+	defer y.mu.Unlock()
+	if y.planner != nil {
+		y.planner.ApplicationWrote(uint64(off), uint64(n))
+	}
+}
+
+// peerStateChanged adjusts our state to the peer's new state during a
+// resync: pause flags, and the end of the run on the SyncSource, which
+// learns it from the target's P_STATE.
+func (y *syncState) peerStateChanged(ns *replication.State, peer protocol.State) error {
+	switch {
+	case (ns.Conn == replication.SyncSource || ns.Conn == replication.PausedSyncS) &&
+		peer.Conn == replication.Connected && peer.PDsk == replication.UpToDate:
+		ns.Conn = replication.Connected
+		ns.PDsk = replication.UpToDate
+		return y.finishSource(ns)
+	case ns.Conn == replication.Connected && peer.Conn == replication.VerifyT:
+		ns.Conn = replication.VerifyT
+	case ns.Conn == replication.VerifyT && peer.Conn == replication.Connected:
+		ns.Conn = replication.Connected
+	}
+	applyPause(ns)
+	return nil
+}
+
+// applyPause maps the sync-inhibit flags to the Paused connection states.
+func applyPause(ns *replication.State) {
+	paused := ns.UserIsp || ns.PeerIsp || ns.AftrIsp
+	switch {
+	case paused && ns.Conn == replication.SyncSource:
+		ns.Conn = replication.PausedSyncS
+	case paused && ns.Conn == replication.SyncTarget:
+		ns.Conn = replication.PausedSyncT
+	case !paused && ns.Conn == replication.PausedSyncS:
+		ns.Conn = replication.SyncSource
+	case !paused && ns.Conn == replication.PausedSyncT:
+		ns.Conn = replication.SyncTarget
+	}
+}
+
+// finishSource completes the run on the SyncSource. It runs on the owner
+// goroutine; ns is the state being built.
+func (y *syncState) finishSource(ns *replication.State) error {
+	y.mu.Lock()
+	if y.finished {
+		y.mu.Unlock()
+		return nil
+	}
+	y.finished = true
+	y.mu.Unlock()
+	r := y.s.r
+	ld := r.ldev.Load()
+	if ld == nil {
+		return nil
+	}
+	if err := ld.updateUUIDs(func(u *meta.UUIDs) { u.FinishResync(false, y.peerUUIDs, ns.Role == replication.Primary) }); err != nil {
+		return err
+	}
+	if err := ld.flushBitmap(); err != nil {
+		return err
+	}
+	y.logDone()
+	if left := ld.bitsSet(); left > 0 {
+		r.logf("%s: %d bits still out of sync after resync", y.s.c.peerName, left)
+	}
+	return nil
+}
+
+// finishLocked completes the run on the SyncTarget (or a run with nothing
+// to do). It runs on the owner goroutine.
+func (y *syncState) finishLocked() error {
+	r := y.s.r
+	y.mu.Lock()
+	if y.finished {
+		y.mu.Unlock()
+		return nil
+	}
+	y.finished = true
+	y.mu.Unlock()
+	ld := r.ldev.Load()
+	if ld == nil {
+		return nil
+	}
+	ns := r.State()
+	primary := ns.Role == replication.Primary
+	if err := ld.updateUUIDs(func(u *meta.UUIDs) { u.FinishResync(y.target, y.peerUUIDs, primary) }); err != nil {
+		return err
+	}
+	if err := ld.flushBitmap(); err != nil {
+		return err
+	}
+	ns.Conn = replication.Connected
+	if y.target {
+		ns.Disk = replication.UpToDate
+	} else {
+		ns.PDsk = replication.UpToDate
+	}
+	r.crashedPrimary = false
+	y.logDone()
+	return r.setState(ns, true)
+}
+
+func (y *syncState) logDone() {
+	y.mu.Lock()
+	total, equal := y.total, y.equal
+	msg := resync.DoneMessage(false, y.marks, time.Now(), total, 0)
+	y.mu.Unlock()
+	y.s.r.logf("%s: %s", y.s.c.peerName, msg)
+	if equal > 0 {
+		y.s.r.logf("%s: %d %% had equal checksums, eliminated: %dK; transferred %dK total %dK", y.s.c.peerName,
+			equal*100/max(total, 1), equal*4, (total-equal)*4, total*4)
+	}
+}
+
+// progress renders the /proc/drbd progress lines and reports the numbers
+// for drbdadm status; ok is false when no run is active.
+func (y *syncState) progress(conn replication.ConnState) (lines string, total, left, want uint64, ok bool) {
+	y.mu.Lock()
+	defer y.mu.Unlock()
+	now := time.Now()
+	if v := y.verify; v != nil && conn == replication.VerifyS {
+		p := v.v.Progress()
+		lines = resync.FormatSyncerProgress(resync.SyncerProgress{Kind: resync.VerifySource, Total: p.Total, Left: p.Left, Marks: v.marks}, now)
+		return lines, p.Total * 4, p.Left * 4, 0, true
+	}
+	if y.finished || y.marks == nil {
+		return "", 0, 0, 0, false
+	}
+	ld := y.s.r.ldev.Load()
+	if ld == nil {
+		return "", 0, 0, 0, false
+	}
+	left = uint64(ld.bitsSet())
+	kind := resync.SyncSource
+	if y.target {
+		kind = resync.SyncTarget
+		if y.ctrl != nil {
+			want = y.ctrl.Want()
+		}
+	}
+	y.marks.Advance(now, left)
+	lines = resync.FormatSyncerProgress(resync.SyncerProgress{Kind: kind, Total: y.total, Left: left, Marks: y.marks, Want: want}, now)
+	return lines, y.total * 4, left * 4, want, true
+}
+
+// StartVerify begins an online verify as VerifyS (DRBD_ADM_START_OV).
+func (r *Resource) StartVerify(ctx context.Context, startSector uint64) error {
+	return r.act(ctx, func() error {
+		s := r.sess.Load()
+		if s == nil {
+			return &replication.StateError{Result: replication.SSNeedConnection}
+		}
+		ns := r.State()
+		ns.Conn = replication.VerifyS
+		c := r.checkContext(false)
+		c.AgreedProtocol = s.version
+		if err := replication.Check(r.State(), ns, c); err != nil {
+			return err
+		}
+		ld := r.ldev.Load()
+		v, err := resync.NewVerifier(resync.VerifyConfig{DeviceSectors: uint64(ld.size) / 512, StartSector: startSector,
+			Busy: func(startBit, n uint64) bool {
+				return r.io.writes.busy(int64(startBit)*meta.BMBlockSize, int64(n)*meta.BMBlockSize)
+			}})
+		if err != nil {
+			return err
+		}
+		y := s.syncFor(protocol.POVRequest)
+		y.mu.Lock()
+		y.verify = &verifyRun{v: v, alg: s.c.conf.VerifyAlg, marks: resync.NewMarks(time.Now(), v.Progress().Left), start: time.Now()}
+		y.mu.Unlock()
+		if err := r.setState(ns, true); err != nil {
+			return err
+		}
+		r.logf("%s: Starting Online Verify from sector %d", s.c.peerName, startSector)
+		s.goRun(s.verifier)
+		return nil
+	})
+}
+
+// verifier issues online verify requests (VerifyS).
+func (s *session) verifier() error {
+	y := s.getSync()
+	r := s.r
+	tick := time.NewTicker(resync.SleepTime)
+	defer tick.Stop()
+	dc := r.diskConfCopy()
+	perTick := int(max(dc.ResyncRate/10/meta.BMBlockSize, 16))
+	for {
+		select {
+		case <-s.ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		if r.State().Conn != replication.VerifyS {
+			return nil
+		}
+		y.mu.Lock()
+		v := y.verify
+		reqs := v.v.Next(perTick)
+		y.mu.Unlock()
+		for _, q := range reqs {
+			if !s.queuePayload(protocol.POVRequest, &protocol.BlockReq{Sector: q.Sector, BlockID: protocol.BlockIDSyncer, BlkSize: q.Size}) {
+				return nil
+			}
+		}
+	}
+}
+
+// gotOVReply compares the peer's digest with ours (VerifyS).
+func (y *syncState) gotOVReply(rq protocol.BlockReq) error {
+	s := y.s
+	r := s.r
+	y.mu.Lock()
+	v := y.verify
+	y.mu.Unlock()
+	if v == nil {
+		return protoErr("P_OV_REPLY without a verify run")
+	}
+	off, n := int64(rq.Sector)*512, int64(rq.BlkSize)
+	mine, err := y.localDigest(v.alg, off, n)
+	if err != nil {
+		return fmt.Errorf("verify read: %w", err)
+	}
+	inSync := bytes.Equal(mine, rq.Digest)
+	id := protocol.BlockIDInSync
+	if !inSync {
+		id = protocol.BlockIDOutOfSync
+		if ld := r.ldev.Load(); ld != nil {
+			ld.markOutOfSync(off, n)
+		}
+		r.logf("%s: Out of sync: start=%d, size=%d (sectors)", s.c.peerName, rq.Sector, n/512)
+	}
+	s.sendMeta(protocol.POVResult, &protocol.BlockAck{Sector: rq.Sector, BlockID: id, BlkSize: rq.BlkSize})
+	y.mu.Lock()
+	finished, err := v.v.OVResult(rq.Sector, rq.BlkSize, inSync)
+	v.marks.Advance(time.Now(), v.v.Progress().Left)
+	y.mu.Unlock()
+	if err != nil {
+		return protoErr("verify: %v", err)
+	}
+	if finished {
+		go r.act(s.ctx, func() error {
+			r.logf("%s: Online verify done (total %d sec; %s)", s.c.peerName, int(time.Since(v.start).Seconds()), v.v.Summary())
+			y.mu.Lock()
+			y.verify = nil
+			y.mu.Unlock()
+			ns := r.State()
+			if ns.Conn == replication.VerifyS {
+				ns.Conn = replication.Connected
+			}
+			return r.setState(ns, true)
+		})
+	}
+	return nil
+}
+
+// gotOVResult records the VerifyS's verdict on our side (VerifyT).
+func (y *syncState) gotOVResult(payload []byte) error {
+	var a protocol.BlockAck
+	if err := a.Unmarshal(payload); err != nil {
+		return protoErr("P_OV_RESULT: %v", err)
+	}
+	if a.BlockID == protocol.BlockIDOutOfSync {
+		if ld := y.s.r.ldev.Load(); ld != nil {
+			ld.markOutOfSync(int64(a.Sector)*512, int64(a.BlkSize))
+		}
+	}
+	return nil
+}
