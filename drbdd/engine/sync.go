@@ -130,9 +130,9 @@ func (y *syncState) begin(bits int64) {
 		// DRBD's default c-delay-target (1 s); it decides only when no
 		// fill target is set.
 		DelayTarget: 10,
-		MaxRate:    uint32(min(dc.CMaxRate>>10, 1<<31)),
-		MinRate:    uint32(min(dc.CMinRate>>10, 1<<31)),
-		MaxBuffers: uint32(y.s.c.conf.MaxBuffers),
+		MaxRate:     uint32(min(dc.CMaxRate>>10, 1<<31)),
+		MinRate:     uint32(min(dc.CMinRate>>10, 1<<31)),
+		MaxBuffers:  uint32(y.s.c.conf.MaxBuffers),
 	}
 	if cfg.ResyncRate == 0 {
 		cfg = resync.DefaultControllerConfig()
