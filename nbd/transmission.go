@@ -1,0 +1,387 @@
+package nbd
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/bits"
+	"net"
+	"sync"
+	"sync/atomic"
+)
+
+// Defaults for the per-connection bounds.
+const (
+	// DefaultMaxInFlight is the default bound on requests in flight on one
+	// connection.
+	DefaultMaxInFlight = 64
+	// DefaultMaxInFlightBytes is the default bound on the payload bytes
+	// (read and write buffers) held by the requests in flight on one
+	// connection. A single request of up to MaxBlockSize is always
+	// admitted, even if it alone exceeds the bound.
+	DefaultMaxInFlightBytes = 64 << 20
+	// readBufferSize is the size of the buffered reader in front of each
+	// connection: large enough to take in a queue of small requests with
+	// one system call.
+	readBufferSize = 128 << 10
+)
+
+// TransmissionOptions configures ServeTransmission.
+type TransmissionOptions struct {
+	// MaxInFlight bounds the requests in flight; 0 means
+	// DefaultMaxInFlight.
+	MaxInFlight int
+	// MaxInFlightBytes bounds the payload bytes held by requests in
+	// flight; 0 means DefaultMaxInFlightBytes.
+	MaxInFlightBytes int64
+	// Logf, if not nil, receives a line for each backend error and for
+	// the reason a connection was dropped.
+	Logf func(format string, args ...any)
+}
+
+// ServeTransmission serves the transmission phase only, with no handshake:
+// the Linux kernel's nbd driver (attached over netlink with a socketpair)
+// speaks transmission directly. The client must have been told the size
+// e.Backend.Size() and the flags e.TransmissionFlags() some other way.
+//
+// ServeTransmission returns when the client sends NBD_CMD_DISC or closes
+// the connection (nil), when ctx is done (ctx.Err()), or when the
+// connection fails or the client breaks the protocol (that error). Before
+// it returns, every request in flight has finished, c is closed and
+// e.Release has been called.
+func ServeTransmission(ctx context.Context, c net.Conn, e *Export, opts TransmissionOptions) error {
+	return serveTransmission(ctx, c, bufio.NewReaderSize(c, readBufferSize), e, opts)
+}
+
+// serveTransmission is ServeTransmission reading from br, which may hold
+// bytes already read from c during the handshake.
+func serveTransmission(ctx context.Context, c net.Conn, br *bufio.Reader, e *Export, opts TransmissionOptions) error {
+	defer e.release()
+	if e.Backend == nil {
+		c.Close()
+		return errors.New("nbd: export has no backend")
+	}
+	size := e.Backend.Size()
+	if size < 0 {
+		c.Close()
+		return errors.New("nbd: export has negative size")
+	}
+	t := &transmission{
+		c:      c,
+		br:     br,
+		be:     e.Backend,
+		name:   e.Name,
+		size:   uint64(size),
+		tflags: e.TransmissionFlags(),
+		logf:   opts.Logf,
+	}
+	if t.logf == nil {
+		t.logf = func(string, ...any) {}
+	}
+	maxN := opts.MaxInFlight
+	if maxN <= 0 {
+		maxN = DefaultMaxInFlight
+	}
+	maxBytes := opts.MaxInFlightBytes
+	if maxBytes <= 0 {
+		maxBytes = DefaultMaxInFlightBytes
+	}
+	t.lim.init(maxN, maxBytes)
+	t.out.c = c
+	t.out.done = func(r *request) {
+		t.lim.release(r.weight)
+		r.free()
+	}
+
+	// Closing the connection is how a cancelled context stops the reader
+	// (blocked in Read) and the workers (blocked in Write).
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	// The limiter keeps at most maxN requests in flight, so sends to work
+	// never block.
+	t.work = make(chan *request, maxN)
+	err := t.readLoop()
+	// The reader is done; let the workers finish, then close.
+	close(t.work)
+	t.wg.Wait()
+	stop()
+	c.Close()
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if err == nil {
+		err = t.out.error()
+	}
+	return err
+}
+
+// transmission is the state of one connection in the transmission phase.
+// The reader goroutine (readLoop) owns it; the worker goroutines it starts
+// share the fields documented as shared.
+type transmission struct {
+	c      net.Conn
+	br     *bufio.Reader // read only by the reader goroutine
+	be     Backend
+	name   string
+	size   uint64
+	tflags uint16
+	logf   func(format string, args ...any)
+
+	lim  limiter        // bounds the requests in flight; shared
+	out  replyWriter    // sends replies; shared
+	work chan *request  // requests for the workers; closed by the reader
+	idle atomic.Int64   // workers waiting for work not yet handed out
+	wg   sync.WaitGroup // counts the workers
+}
+
+// readLoop decodes requests until DISC, EOF or an error, answers invalid
+// ones itself and hands valid ones to the workers. It returns nil for a
+// clean end.
+func (t *transmission) readLoop() error {
+	var hb [requestHeaderSize]byte
+	for {
+		if _, err := io.ReadFull(t.br, hb[:]); err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+				// EOF between requests: the client went away, which it
+				// may do after receiving all replies.
+				return nil
+			}
+			return fmt.Errorf("nbd: reading request: %w", err)
+		}
+		h, err := parseRequestHeader(hb[:])
+		if err != nil {
+			t.logf("nbd: %s: dropping connection: %v", t.name, err)
+			t.c.Close()
+			return err
+		}
+		if h.Type == cmdDisc {
+			return nil
+		}
+		errno := checkRequest(h, t.size, t.tflags)
+		if h.Type == cmdWrite && h.Length > MaxWritePayload {
+			err := fmt.Errorf("nbd: WRITE of %d bytes exceeds the hard limit of %d bytes; the stream cannot be trusted", h.Length, MaxWritePayload)
+			t.logf("nbd: %s: dropping connection: %v", t.name, err)
+			t.c.Close()
+			return err
+		}
+		if errno != 0 {
+			if h.Type == cmdWrite {
+				// Skip the payload of a refused write to stay in sync.
+				if _, err := t.br.Discard(int(h.Length)); err != nil {
+					return fmt.Errorf("nbd: skipping WRITE payload: %w", err)
+				}
+			}
+			// Error replies also count against the limiter, so that a
+			// client that does not read its replies cannot queue an
+			// unbounded number of them.
+			t.lim.acquire(0)
+			r := getRequest()
+			r.h = h
+			t.out.send(r, errno, false)
+			continue
+		}
+
+		var payload uint32 // bytes of buffer the request needs
+		if h.Type == cmdRead || h.Type == cmdWrite {
+			payload = h.Length
+		}
+		t.lim.acquire(int64(payload))
+		r := getRequest()
+		r.h = h
+		r.weight = int64(payload)
+		if payload > 0 {
+			r.buf, r.bufp = getBuffer(int(payload))
+			if h.Type == cmdWrite {
+				if _, err := io.ReadFull(t.br, r.buf); err != nil {
+					t.lim.release(r.weight)
+					r.free()
+					return fmt.Errorf("nbd: reading WRITE payload: %w", err)
+				}
+			}
+		}
+		t.dispatch(r)
+	}
+}
+
+// dispatch hands r to an idle worker, starting a new worker if none is
+// idle. Workers are started lazily and live until the reader ends; there
+// are never more than the requests in flight, so at most MaxInFlight.
+func (t *transmission) dispatch(r *request) {
+	// Only the reader takes idle tokens, so one that is seen can be taken.
+	if t.idle.Load() > 0 {
+		t.idle.Add(-1)
+	} else {
+		t.wg.Add(1)
+		go t.worker()
+	}
+	t.work <- r
+}
+
+// worker serves requests from t.work until it is closed. Each worker is
+// started by dispatch, on behalf of the reader, which closes t.work and
+// waits for the workers before returning.
+func (t *transmission) worker() {
+	defer t.wg.Done()
+	for r := range t.work {
+		t.serve(r)
+		t.idle.Add(1)
+	}
+}
+
+// serve carries out one request and sends its reply. It runs on a worker.
+func (t *transmission) serve(r *request) {
+	h := r.h
+	fua := h.Flags&cmdFlagFUA != 0
+	var err error
+	switch h.Type {
+	case cmdRead:
+		if h.Length > 0 {
+			err = t.be.ReadAt(r.buf, int64(h.Offset))
+		}
+	case cmdWrite:
+		if h.Length > 0 {
+			err = t.be.WriteAt(r.buf, int64(h.Offset), fua)
+		}
+	case cmdFlush:
+		err = t.be.Flush()
+	case cmdTrim:
+		if h.Length > 0 {
+			err = t.be.Trim(int64(h.Offset), int64(h.Length), fua)
+		}
+	case cmdWriteZeroes:
+		if h.Length > 0 {
+			err = t.be.WriteZeroes(int64(h.Offset), int64(h.Length), h.Flags&cmdFlagNoHole != 0, fua)
+		}
+	}
+	errno := ErrnoOf(err)
+	if err != nil {
+		t.logf("nbd: %s: %s of %d bytes at %d failed (%s): %v", t.name, cmdName(h.Type), h.Length, h.Offset, errnoName(errno), err)
+	}
+	t.out.send(r, errno, h.Type == cmdRead && errno == 0)
+}
+
+// errnoName names an error number for log messages.
+func errnoName(e Errno) string {
+	switch e {
+	case EPERM:
+		return "EPERM"
+	case EIO:
+		return "EIO"
+	case ENOMEM:
+		return "ENOMEM"
+	case EINVAL:
+		return "EINVAL"
+	case ENOSPC:
+		return "ENOSPC"
+	case EOVERFLOW:
+		return "EOVERFLOW"
+	case ENOTSUP:
+		return "ENOTSUP"
+	case ESHUTDOWN:
+		return "ESHUTDOWN"
+	}
+	return fmt.Sprintf("errno %d", uint32(e))
+}
+
+// request is one request in flight. Requests are pooled.
+type request struct {
+	h        requestHeader
+	weight   int64                 // payload bytes charged to the limiter
+	buf      []byte                // payload, from getBuffer; nil if none
+	bufp     *[]byte               // pool handle of buf
+	hdr      [replyHeaderSize]byte // reply header
+	withData bool                  // the reply carries buf after hdr
+}
+
+var requestPool = sync.Pool{New: func() any { return new(request) }}
+
+func getRequest() *request { return requestPool.Get().(*request) }
+
+func putRequest(r *request) {
+	*r = request{}
+	requestPool.Put(r)
+}
+
+// free returns r's buffer and r itself to their pools.
+func (r *request) free() {
+	if r.bufp != nil {
+		putBuffer(r.bufp)
+	}
+	putRequest(r)
+}
+
+// Payload buffers are pooled by power-of-two size class, from 512 bytes
+// (class 0) up to MaxBlockSize.
+const (
+	minBufferShift = 9
+	maxBufferShift = 25 // log2(MaxBlockSize)
+)
+
+var bufferPools [maxBufferShift - minBufferShift + 1]sync.Pool
+
+// bufferClass returns the pool index for a buffer of n bytes.
+func bufferClass(n int) int {
+	if n <= 1<<minBufferShift {
+		return 0
+	}
+	return bits.Len(uint(n-1)) - minBufferShift
+}
+
+// getBuffer returns a buffer of n bytes, 0 < n <= MaxBlockSize, whose
+// contents are arbitrary, and the handle to give back to putBuffer.
+func getBuffer(n int) ([]byte, *[]byte) {
+	c := bufferClass(n)
+	p, ok := bufferPools[c].Get().(*[]byte)
+	if !ok {
+		b := make([]byte, 1<<(c+minBufferShift))
+		p = &b
+	}
+	return (*p)[:n], p
+}
+
+// putBuffer returns a buffer obtained from getBuffer, by its handle.
+func putBuffer(p *[]byte) {
+	c := bufferClass(cap(*p))
+	if cap(*p) != 1<<(c+minBufferShift) {
+		return // not one of ours
+	}
+	bufferPools[c].Put(p)
+}
+
+// limiter is a counting semaphore over requests and payload bytes. Only the
+// reader acquires; workers release.
+type limiter struct {
+	mu       sync.Mutex // guards n and bytes
+	cond     sync.Cond  // signalled when n or bytes fall
+	n        int        // requests in flight
+	bytes    int64      // payload bytes in flight
+	maxN     int
+	maxBytes int64
+}
+
+func (l *limiter) init(maxN int, maxBytes int64) {
+	l.cond.L = &l.mu
+	l.maxN, l.maxBytes = maxN, maxBytes
+}
+
+// acquire waits until one more request holding w payload bytes fits. A
+// request always fits when nothing else is in flight.
+func (l *limiter) acquire(w int64) {
+	l.mu.Lock()
+	for l.n > 0 && (l.n >= l.maxN || l.bytes+w > l.maxBytes) {
+		l.cond.Wait()
+	}
+	l.n++
+	l.bytes += w
+	l.mu.Unlock()
+}
+
+// release returns what acquire(w) took.
+func (l *limiter) release(w int64) {
+	l.mu.Lock()
+	l.n--
+	l.bytes -= w
+	l.mu.Unlock()
+	l.cond.Signal()
+}
