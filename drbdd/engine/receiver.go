@@ -328,13 +328,13 @@ func (s *session) exchangeBitmaps(ld *localDisk) error {
 			if !ok {
 				break
 			}
-			if err := s.data.WritePacket(cmd, payload); err != nil {
+			if err := s.dataW.send(cmd, payload); err != nil {
 				sent <- err
 				return
 			}
 			s.r.io.netSend.Add(uint64(len(payload)))
 		}
-		sent <- s.dataBuf.Flush()
+		sent <- nil
 	}()
 	peerWords := make([]uint64, len(words))
 	recv, err := protocol.NewBitmapReceiver(peerWords, nbits, s.version)

@@ -77,11 +77,13 @@ type recvEpoch struct {
 // that serve them. It ends at the first error; the connection loop then
 // builds a new one.
 type session struct {
-	c                 *connection
-	r                 *Resource
-	dataNC, metaNC    net.Conn
+	c              *connection
+	r              *Resource
+	dataNC, metaNC net.Conn
+	// data and meta read (and, during the handshake, write) the sockets;
+	// after the handshake all writes go through dataW and metaW.
 	data, meta        *protocol.Conn
-	dataBuf           *bufio.Writer
+	dataW, metaW      *sockWriter
 	version           int
 	features          protocol.FeatureFlags
 	wireProto         uint32
@@ -97,9 +99,6 @@ type session struct {
 	// syncMu guards sync, the resync or verify run of this session.
 	syncMu sync.Mutex
 	sync   *syncState
-
-	// metaMu serializes writes on the meta socket (acks, pings).
-	metaMu sync.Mutex
 
 	// sendMu orders application writes and barriers on the wire and
 	// guards the epoch fields.
@@ -145,7 +144,6 @@ func newSession(c *connection, data, meta *protocol.Conn, dataNC, metaNC net.Con
 		r:          c.r,
 		dataNC:     dataNC,
 		metaNC:     metaNC,
-		meta:       meta,
 		version:    data.Version(),
 		wireProto:  c.conf.Protocol,
 		pending:    map[uint64]*peerReq{},
@@ -170,14 +168,10 @@ func newSession(c *connection, data, meta *protocol.Conn, dataNC, metaNC net.Con
 	s.peerWriteSem = make(chan struct{}, buffers)
 	s.sendq = make(chan *outPacket, buffers)
 	s.barrierCond = sync.NewCond(&s.pmu)
-	// The worker batches packets in this buffer and flushes when its queue
-	// runs empty, so that many small writes share one system call.
-	s.dataBuf = bufio.NewWriterSize(dataNC, 256<<10)
-	s.data = protocol.NewConn(struct {
-		io.Reader
-		io.Writer
-	}{dataNC, s.dataBuf})
-	s.data.SetVersion(s.version)
+	// Buffered reads take many packets per system call; the writers
+	// combine concurrent packets into one.
+	s.dataW, s.data = newSockWriter(dataNC, bufio.NewReaderSize(dataNC, 256<<10), s.version, s.writeTimeout)
+	s.metaW, s.meta = newSockWriter(metaNC, bufio.NewReaderSize(metaNC, 64<<10), s.version, s.writeTimeout)
 	s.ctx, s.cancel = context.WithCancelCause(c.ctx)
 	return s
 }
@@ -342,10 +336,8 @@ func (s *session) lostPeer() {
 
 // sendMeta writes one packet on the meta socket.
 func (s *session) sendMeta(cmd protocol.Cmd, p protocol.Payload) error {
-	s.metaMu.Lock()
-	defer s.metaMu.Unlock()
-	s.metaNC.SetWriteDeadline(time.Now().Add(s.writeTimeout))
-	err := s.meta.WritePayload(cmd, p)
+	var buf [64]byte
+	err := s.metaW.send(cmd, p.MarshalAppend(buf[:0]))
 	if err != nil {
 		s.cancel(fmt.Errorf("sending %s: %w", cmd, err))
 	}
@@ -355,11 +347,7 @@ func (s *session) sendMeta(cmd protocol.Cmd, p protocol.Payload) error {
 // sendNow writes a packet on the data socket directly; only for the
 // handshake, before the worker owns the socket.
 func (s *session) sendNow(cmd protocol.Cmd, p protocol.Payload) error {
-	s.dataNC.SetWriteDeadline(time.Now().Add(handshakeTimeout))
-	if err := s.data.WritePayload(cmd, p); err != nil {
-		return err
-	}
-	return s.dataBuf.Flush()
+	return s.dataW.send(cmd, p.MarshalAppend(nil))
 }
 
 // queue hands a packet to the worker. It blocks while the queue is full,
@@ -381,11 +369,11 @@ func (s *session) queuePayload(cmd protocol.Cmd, p protocol.Payload) bool {
 	return s.queue(&outPacket{cmd: cmd, head: p.MarshalAppend(nil)})
 }
 
-// worker is the only writer of the data socket: it sends application
-// writes, barriers, resync traffic and state packets in queue order,
-// batching whatever is queued into one flush.
+// worker sends what other goroutines queue for it: barriers, resync and
+// verify requests, state packets and replies. Application writes do not
+// wait for it: their goroutines write through the combining writer
+// directly, which saves a goroutine hand-off on every write.
 func (s *session) worker() error {
-	var sent []*outPacket
 	for {
 		var p *outPacket
 		select {
@@ -393,36 +381,16 @@ func (s *session) worker() error {
 		case <-s.ctx.Done():
 			return nil
 		}
-		sent = sent[:0]
-		s.dataNC.SetWriteDeadline(time.Now().Add(s.writeTimeout))
-		for p != nil {
-			var err error
-			if p.body != nil {
-				err = s.data.WritePacket(p.cmd, p.head, p.body)
-			} else {
-				err = s.data.WritePacket(p.cmd, p.head)
+		err := s.dataW.send(p.cmd, p.head, p.body)
+		if err != nil {
+			if p.sent != nil {
+				p.sent(err)
 			}
-			if err != nil {
-				return fmt.Errorf("sending %s: %w", p.cmd, err)
-			}
-			s.r.io.netSend.Add(uint64(len(p.body)))
-			sent = append(sent, p)
-			if len(sent) >= 64 || s.dataBuf.Buffered() > 128<<10 {
-				break
-			}
-			select {
-			case p = <-s.sendq:
-			default:
-				p = nil
-			}
+			return fmt.Errorf("sending %s: %w", p.cmd, err)
 		}
-		if err := s.dataBuf.Flush(); err != nil {
-			return fmt.Errorf("sending: %w", err)
-		}
-		for _, q := range sent {
-			if q.sent != nil {
-				q.sent(nil)
-			}
+		s.r.io.netSend.Add(uint64(len(p.body)))
+		if p.sent != nil {
+			p.sent(nil)
 		}
 	}
 }
@@ -641,9 +609,17 @@ func (s *session) submitWrite(kind writeKind, p []byte, off, n int64, fua bool) 
 		}
 	}
 	s.epochWrites++
-	if !s.queue(pkt) {
+	// Sent directly, under sendMu, so that data packets and barriers keep
+	// their order on the wire.
+	err := s.dataW.send(pkt.cmd, pkt.head, pkt.body)
+	if pkt.sent != nil {
+		pkt.sent(err)
+	}
+	if err != nil {
+		s.cancel(fmt.Errorf("sending %s: %w", pkt.cmd, err))
 		return q // teardown resolves it
 	}
+	s.r.io.netSend.Add(uint64(len(pkt.body)))
 	return q
 }
 
@@ -659,7 +635,11 @@ func (s *session) closeEpoch() bool {
 	s.epochWrites = 0
 	s.epochCompletion = false
 	s.r.io.epochs.Add(1)
-	return s.queuePayload(protocol.PBarrier, &protocol.Barrier{Barrier: nr})
+	if err := s.dataW.send(protocol.PBarrier, (&protocol.Barrier{Barrier: nr}).MarshalAppend(nil)); err != nil {
+		s.cancel(fmt.Errorf("sending %s: %w", protocol.PBarrier, err))
+		return false
+	}
+	return true
 }
 
 // writeCompleted notes that an application write finished: the next write

@@ -384,8 +384,14 @@ func (y *syncState) serveRequest(cmd protocol.Cmd, rq protocol.BlockReq) error {
 			fallthrough
 		case protocol.PRSDataRequest:
 			hdr := protocol.DataHeader{Sector: rq.Sector, BlockID: rq.BlockID}
-			s.queue(&outPacket{cmd: protocol.PRSDataReply, head: hdr.MarshalAppend(nil), body: buf, sent: func(error) { putBuf(buf) }})
+			err := s.dataW.send(protocol.PRSDataReply, hdr.MarshalAppend(nil), buf)
 			r.io.writes.release(lr)
+			putBuf(buf)
+			if err != nil {
+				s.cancel(fmt.Errorf("sending %s: %w", protocol.PRSDataReply, err))
+				return
+			}
+			r.io.netSend.Add(uint64(n))
 		case protocol.POVRequest:
 			r.io.writes.release(lr)
 			d, derr := digest(s.c.conf.VerifyAlg, buf)
