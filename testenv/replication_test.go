@@ -22,10 +22,10 @@ func TestReplicationWritesReachBothDisks(t *testing.T) {
 			uri := p.URI[p.A]
 			MustRun(t, 3*time.Minute, "fio", "--name=verify", "--ioengine=nbd", "--uri="+uri,
 				"--rw=randwrite", "--bs=4k", "--iodepth=32", "--size=24M", "--verify=crc32c",
-				"--do_verify=1", "--verify_fatal=1")
+				"--do_verify=1", "--verify_fatal=1", "--verify_state_save=0")
 			MustRun(t, 3*time.Minute, "fio", "--name=seq", "--ioengine=nbd", "--uri="+uri,
 				"--rw=write", "--bs=1M", "--iodepth=4", "--offset=32M", "--size=16M", "--verify=crc32c",
-				"--do_verify=1", "--verify_fatal=1")
+				"--do_verify=1", "--verify_fatal=1", "--verify_state_save=0")
 			MustRun(t, time.Minute, "qemu-io", "-f", "raw",
 				"-c", "write -P 0x5a 100k 3k", // unaligned: read-modify-write of partial sectors
 				"-c", "write -P 0x6b 1000 17",
