@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -354,10 +355,22 @@ func (s *Server) serveConn(ctx context.Context, lim serverLimits, conn *net.Unix
 			s.subscribe(ctx, lim, conn, w, h, req)
 			return
 		}
-		if !w.write(completeReply(h(ctx, req, nil), req)) {
+		if !w.write(completeReply(s.call(ctx, lim, h, req, nil), req)) {
 			return
 		}
 	}
+}
+
+// call runs a handler and turns a panic into an ErrInternal reply, so that
+// a bug in one command cannot take down the daemon and the I/O it serves.
+func (s *Server) call(ctx context.Context, lim serverLimits, h Handler, req *Request, sink EventSink) (rep *Reply) {
+	defer func() {
+		if v := recover(); v != nil {
+			lim.logf("drbdd control: %s handler panicked: %v\n%s", req.Command, v, debug.Stack())
+			rep = &Reply{RetCode: ErrInternal, Info: fmt.Sprintf("%s: internal error: %v", req.Command, v)}
+		}
+	}()
+	return h(ctx, req, sink)
 }
 
 // subscribe runs a Subscribe handler. The subscription ends when the handler
@@ -379,7 +392,7 @@ func (s *Server) subscribe(ctx context.Context, lim serverLimits, conn *net.Unix
 	}()
 
 	sink := &ctlEventSink{w: w, seq: req.Seq}
-	final := completeReply(h(hctx, req, sink), req)
+	final := completeReply(s.call(hctx, lim, h, req, sink), req)
 	w.finish(final)
 	conn.Close()
 	<-watcherDone

@@ -44,6 +44,7 @@ type Daemon struct {
 	// statusKick wakes the status writer; capacity 1 so kicks coalesce.
 	statusKick chan struct{}
 	events     *eventHub
+	kernel     kernelHandle
 
 	// ctx is cancelled by Close; every goroutine the daemon starts watches it.
 	ctx    context.Context

@@ -246,7 +246,7 @@ func (r *Resource) writeLocked(ld *localDisk, kind writeKind, p []byte, off, len
 
 	var q *peerReq
 	s := r.sess.Load()
-	if s != nil {
+	if s != nil && r.State().PDsk >= replication.Inconsistent {
 		q = s.submitWrite(kind, p, off, length, fua)
 	}
 	r.io.local.Add(1)

@@ -45,6 +45,8 @@ type Resource struct {
 	nbdStop  func()
 	// conn is the peer connection, nil while StandAlone.
 	conn *connection
+	// kdev is the attached kernel device (/dev/nbdX), nil when none.
+	kdev *nbd.KernelDevice
 	// crashedPrimary is DRBD's CRASHED_PRIMARY: the disk was attached with
 	// the Primary indicator set, so this node died as Primary.
 	crashedPrimary bool
@@ -362,6 +364,9 @@ func (r *Resource) promote(force bool) error {
 	if err := r.setState(*ns, false); err != nil {
 		return err
 	}
+	if err := r.promotedKernel(); err != nil {
+		return err
+	}
 	if ld := r.ldev.Load(); ld != nil {
 		if err := ld.promoted(forced, ns.Conn < replication.Connected); err != nil {
 			r.logf("meta data update on promotion: %v", err)
@@ -388,9 +393,15 @@ func (r *Resource) secondary() error {
 	if ns.Role == replication.Secondary {
 		return nil
 	}
+	if r.kernelInUse() {
+		return &replication.StateError{Result: replication.SSDeviceInUse}
+	}
 	ns.Role = replication.Secondary
 	if err := r.setState(ns, false); err != nil {
 		return err
+	}
+	if err := r.detachKernel(); err != nil {
+		r.logf("%v", err)
 	}
 	if ld := r.ldev.Load(); ld != nil {
 		if err := ld.demoted(); err != nil {
@@ -434,6 +445,11 @@ func (r *Resource) Down(ctx context.Context, force bool) error {
 			stop := r.nbdStop
 			r.nbdStop = nil
 			r.waitOwner(stop)
+		}
+		if force && r.kernelInUse() {
+			// Daemon shutdown under a mounted filesystem: leave the device
+			// for the next drbdd instead of failing the filesystem's I/O.
+			r.abandonKernel()
 		}
 		if err := r.secondary(); err != nil {
 			return err

@@ -1,0 +1,156 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"drbdd/drbdadm/config"
+	"drbdd/drbdd/replication"
+	"drbdd/nbd"
+	"drbdd/netlink"
+)
+
+// kernelConns is how many sockets a kernel device gets: the kernel spreads
+// requests over them, which helps with a multi-queue block layer.
+const kernelConns = 2
+
+// kernelTimeout bounds attaching and detaching a kernel device.
+const kernelTimeout = 30 * time.Second
+
+// kernelHandle is the daemon's lazily opened connection to the kernel's
+// nbd generic netlink family.
+type kernelHandle struct {
+	// mu guards k.
+	mu sync.Mutex
+	k  *netlink.KernelNBD
+}
+
+func (h *kernelHandle) get() (*netlink.KernelNBD, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.k == nil {
+		k, err := netlink.Open()
+		if err != nil {
+			return nil, fmt.Errorf("kernel nbd: %w", err)
+		}
+		h.k = k
+	}
+	return h.k, nil
+}
+
+// kernelExport builds the export the kernel device serves. It is not
+// counted as an NBD client: the kernel device's own open count decides.
+func (r *Resource) kernelExport(ld *localDisk) *nbd.Export {
+	return &nbd.Export{
+		Name:        r.name,
+		Description: "drbdd resource " + r.name,
+		Backend:     &backend{r: r, size: ld.size},
+		MultiConn:   true,
+		CanTrim:     true,
+		CanZeroes:   true,
+	}
+}
+
+// attachKernel shows the Primary's data as the configured /dev/nbdX. A
+// device left attached by a previous drbdd process (found by its backend
+// identifier) is taken over with NBD_CMD_RECONFIGURE, so a filesystem
+// mounted on it sees a pause, not an error. Runs on the owner goroutine.
+func (r *Resource) attachKernel() error {
+	if r.device == nil || r.device.KernelDevice == "" || r.kdev != nil {
+		return nil
+	}
+	index, err := config.MinorFromDevice(r.device.KernelDevice)
+	if err != nil {
+		return err
+	}
+	ld := r.ldev.Load()
+	if ld == nil {
+		return fmt.Errorf("no local disk")
+	}
+	k, err := r.d.kernel.get()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(r.d.ctx, kernelTimeout)
+	defer cancel()
+	opts := nbd.KernelOptions{Logf: func(f string, a ...any) { r.logf(f, a...) }}
+	backendID := nbd.BackendPrefix + r.name
+	if idx, found, err := nbd.FindByBackend(ctx, k, backendID); err == nil && found {
+		if idx != index {
+			return fmt.Errorf("resource is still attached to /dev/nbd%d, not %s", idx, r.device.KernelDevice)
+		}
+		dev, err := nbd.ReattachKernel(ctx, k, index, r.kernelExport(ld), kernelConns, opts)
+		if err == nil {
+			r.kdev = dev
+			return nil
+		}
+		r.logf("re-attaching %s failed (%v); attaching anew", r.device.KernelDevice, err)
+	}
+	dev, err := nbd.AttachKernel(ctx, k, index, r.kernelExport(ld), kernelConns, opts)
+	if err != nil {
+		return err
+	}
+	r.kdev = dev
+	return nil
+}
+
+// kernelInUse reports whether the kernel device is open or mounted.
+func (r *Resource) kernelInUse() bool {
+	if r.kdev == nil {
+		return false
+	}
+	busy, err := r.kdev.InUse()
+	if err != nil {
+		r.logf("%v", err)
+		return true // when in doubt, do not pull the device from under a user
+	}
+	return busy
+}
+
+// detachKernel disconnects the kernel device (it must not be in use).
+func (r *Resource) detachKernel() error {
+	if r.kdev == nil {
+		return nil
+	}
+	dev := r.kdev
+	r.kdev = nil
+	ctx, cancel := context.WithTimeout(context.Background(), kernelTimeout)
+	defer cancel()
+	var err error
+	// The device's serving goroutines call into the resource; keep the
+	// owner loop running while they finish.
+	r.waitOwner(func() { err = dev.Detach(ctx) })
+	return err
+}
+
+// abandonKernel stops serving the kernel device without disconnecting it,
+// as a crash would: the kernel holds I/O for the dead-connection timeout,
+// and a restarted drbdd re-attaches. Used at daemon shutdown while the
+// device is mounted.
+func (r *Resource) abandonKernel() {
+	if r.kdev == nil {
+		return
+	}
+	dev := r.kdev
+	r.kdev = nil
+	r.logf("%s is in use: leaving it attached for a restarted drbdd to take over", dev.Path())
+	r.waitOwner(dev.Abandon)
+}
+
+// promotedKernel attaches the kernel device after a promotion and undoes
+// the promotion if that fails, so that "Primary" always means "the device
+// is there".
+func (r *Resource) promotedKernel() error {
+	if err := r.attachKernel(); err != nil {
+		ns := r.State()
+		ns.Role = replication.Secondary
+		_ = r.setState(ns, true)
+		if ld := r.ldev.Load(); ld != nil {
+			_ = ld.demoted()
+		}
+		return fmt.Errorf("%s: attach %s: %w", r.name, r.device.KernelDevice, err)
+	}
+	return nil
+}
