@@ -106,6 +106,7 @@ func diskConf(r *config.Resource, me config.Host) (*netlink.DiskConf, error) {
 		ALExtents:    uint32(r.Disk.ALExtents),
 		CPlanAhead:   time.Duration(r.Disk.CPlanAhead) * 100 * time.Millisecond,
 		DirectIO:     r.Disk.DirectIO,
+		DiskFlushes:  r.Disk.DiskFlushes,
 		Fencing:      "dont-care",
 	}
 	if !dc.MetaInternal {

@@ -503,6 +503,10 @@ type DiskConf struct {
 	CMaxRate     uint64        // attribute 14, bytes per second
 	CMinRate     uint64        // attribute 15, bytes per second
 	DirectIO     string        // attribute 64: "auto", "on" or "off"
+	// DiskFlushes (attribute 18, DRBD's disk_flushes) makes the peer flush
+	// its disk at every epoch barrier (write ordering "f"); without it
+	// barriers only drain, and the disk is flushed when a client flushes.
+	DiskFlushes bool
 }
 
 // ResOpts holds the resource options (DRBD_NLA_RESOURCE_OPTS, DRBD's
@@ -1053,6 +1057,7 @@ func (c *DiskConf) encode(e *ctlEncoder) {
 	e.u64(13, c.CFillTarget)
 	e.u64(14, c.CMaxRate)
 	e.u64(15, c.CMinRate)
+	e.flag(18, c.DiskFlushes)
 	e.str(64, c.DirectIO)
 }
 
@@ -1091,6 +1096,8 @@ func (c *DiskConf) decode(d *ctlDecoder) {
 		c.CMaxRate = d.ad.Uint64()
 	case 15:
 		c.CMinRate = d.ad.Uint64()
+	case 18:
+		c.DiskFlushes = d.flag()
 	case 64:
 		c.DirectIO = d.str()
 	default:

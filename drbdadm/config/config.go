@@ -65,6 +65,7 @@ type Disk struct {
 	CMaxRate    string `mapstructure:"c-max-rate"`
 	CMinRate    string `mapstructure:"c-min-rate"`
 	DirectIO    string `mapstructure:"direct-io"`
+	DiskFlushes bool   `mapstructure:"disk-flushes"`
 }
 
 // Host is one node's `on <name>:` section.

@@ -480,6 +480,23 @@ func (s *session) recvWrite(kind writeKind, h protocol.DataHeader, data []byte, 
 	if n < 0 || off < 0 || off+n > ld.size {
 		return protoErr("write of %d bytes at sector %d beyond the end of the device (%d bytes)", n, h.Sector, ld.size)
 	}
+	if n == 0 {
+		// An empty flush: it asks for a disk flush at the epoch's barrier.
+		if h.DPFlags&protocol.DPFlush != 0 {
+			s.recvMu.Lock()
+			e := s.openRecvEpochLocked()
+			e.flush = true
+			s.recvMu.Unlock()
+		}
+		if h.DPFlags&(protocol.DPSendWriteAck|protocol.DPSendReceiveAck) != 0 {
+			cmd := protocol.PWriteAck
+			if h.DPFlags&protocol.DPSendReceiveAck != 0 {
+				cmd = protocol.PRecvAck
+			}
+			return s.sendMeta(cmd, &protocol.BlockAck{Sector: h.Sector, BlockID: h.BlockID, SeqNum: h.SeqNum})
+		}
+		return nil
+	}
 	if st := r.State(); st.Role == replication.Primary && !s.c.conf.AllowTwoPrimaries {
 		return protoErr("peer sent a write while I am Primary")
 	}
@@ -555,14 +572,20 @@ func (r *Resource) applyPeerWrite(ld *localDisk, kind writeKind, p []byte, off, 
 func (s *session) recvEpochWrite() *recvEpoch {
 	s.recvMu.Lock()
 	defer s.recvMu.Unlock()
+	e := s.openRecvEpochLocked()
+	e.writes++
+	return e
+}
+
+// openRecvEpochLocked returns the open receive epoch, starting one if
+// needed. Caller holds recvMu.
+func (s *session) openRecvEpochLocked() *recvEpoch {
 	n := len(s.recvEpochs)
 	if n == 0 || s.recvEpochs[n-1].closed {
 		s.recvEpochs = append(s.recvEpochs, &recvEpoch{})
 		n++
 	}
-	e := s.recvEpochs[n-1]
-	e.writes++
-	return e
+	return s.recvEpochs[n-1]
 }
 
 // recvBarrier closes the open receive epoch.
@@ -581,27 +604,33 @@ func (s *session) recvBarrier(nr uint32) {
 }
 
 // recvEpochDone records a finished peer write and acknowledges, in order,
-// every closed epoch whose writes are all done, after flushing the disk:
-// a P_BARRIER_ACK promises the epoch is on stable storage.
+// every closed epoch whose writes are all done. With disk-flushes (DRBD's
+// write ordering "f") or when the Primary's client flushed in the epoch,
+// the disk is flushed first, so that the barrier ack promises stable
+// storage; otherwise it promises completion (write ordering "d").
 func (s *session) recvEpochDone(e *recvEpoch, ld *localDisk) {
 	s.recvMu.Lock()
 	if e != nil {
 		e.done++
 	}
 	var acks []protocol.BarrierAck
+	flush := s.r.diskConfCopy().DiskFlushes
 	for len(s.recvEpochs) > 0 {
 		f := s.recvEpochs[0]
 		if !f.closed || f.done < f.writes {
 			break
 		}
 		acks = append(acks, protocol.BarrierAck{Barrier: f.barrier, SetSize: uint32(f.writes)})
+		flush = flush || f.flush
 		s.recvEpochs = s.recvEpochs[1:]
 	}
 	s.recvMu.Unlock()
 	if len(acks) == 0 {
 		return
 	}
-	if ld != nil {
+	// Every write of these epochs is done (drained); a flush follows when
+	// a client asked for one or disk-flushes is set.
+	if ld != nil && flush {
 		if err := ld.dev.Sync(); err != nil {
 			s.r.localIOError("flush", 0, err)
 			s.cancel(fmt.Errorf("flush for barrier: %w", err))

@@ -541,7 +541,10 @@ func (r *Resource) status() Status {
 		State:         r.State(),
 		NBDClients:    int(r.nbdClients.Load()),
 		Counters:      r.io.snapshot(),
-		WriteOrdering: 'f',
+		WriteOrdering: 'd',
+	}
+	if r.diskConfCopy().DiskFlushes {
+		s.WriteOrdering = 'f'
 	}
 	if nc := r.netConfV.Load(); nc != nil {
 		s.PeerName = nc.PeerName

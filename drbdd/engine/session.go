@@ -71,6 +71,9 @@ type recvEpoch struct {
 	writes, done int
 	barrier      uint32
 	closed       bool
+	// flush is set when the Primary's client flushed in this epoch: the
+	// barrier ack must then follow a flush of our disk.
+	flush bool
 }
 
 // session is one established connection: two sockets and the goroutines
@@ -655,11 +658,25 @@ func (s *session) writeCompleted() {
 // after flushing its disk.
 func (s *session) flush() error {
 	s.sendMu.Lock()
-	if s.epochWrites > 0 {
-		if !s.closeEpoch() {
-			s.sendMu.Unlock()
-			return errPeerLost
-		}
+	// An empty write with DP_FLUSH marks the epoch as flushed by the
+	// client: the peer flushes its disk before acking the barrier.
+	hdr := protocol.DataHeader{DPFlags: protocol.DPFlush}
+	if err := s.dataW.send(protocol.PData, hdr.MarshalAppend(nil)); err != nil {
+		s.sendMu.Unlock()
+		s.cancel(fmt.Errorf("sending flush: %w", err))
+		return errPeerLost
+	}
+	s.epochWrites++
+	// The flushed epoch must be in the transfer log even without writes,
+	// so that we wait for its barrier ack below.
+	s.pmu.Lock()
+	if n := len(s.tl); n == 0 || s.tl[n-1].closed || s.tl[n-1].nr != s.epoch {
+		s.tl = append(s.tl, &tlEpoch{nr: s.epoch})
+	}
+	s.pmu.Unlock()
+	if !s.closeEpoch() {
+		s.sendMu.Unlock()
+		return errPeerLost
 	}
 	// Every epoch up to this one is closed now; wait for their acks only,
 	// so that a flush under continuous load does not wait for later writes.
