@@ -343,11 +343,12 @@ func (c *connection) dialLoop(ctx context.Context, out chan<- [2]net.Conn) {
 func (c *connection) handshakeSockets(data, meta *protocol.Conn, dataNC net.Conn) error {
 	dataNC.SetDeadline(time.Now().Add(handshakeTimeout))
 	defer dataNC.SetDeadline(time.Time{})
+	// Failures before the peer is authenticated never discard the net
+	// configuration (DRBD goes StandAlone here): any host that can reach
+	// the port could otherwise switch replication off. They are logged and
+	// the real peer is waited for.
 	version, feats, err := data.ExchangeFeatures(protocol.LocalFeatures(protocol.FeatureTrim | protocol.FeatureWZeroes))
 	if err != nil {
-		if errors.Is(err, protocol.ErrIncompatibleDialects) {
-			return fmt.Errorf("%w: %v", errStandAlone, err)
-		}
 		return fmt.Errorf("feature exchange: %w", err)
 	}
 	meta.SetVersion(version)
@@ -355,7 +356,7 @@ func (c *connection) handshakeSockets(data, meta *protocol.Conn, dataNC net.Conn
 	if c.conf.SharedSecret != "" {
 		if err := data.Authenticate(c.conf.CramHMACAlg, []byte(c.conf.SharedSecret), rand.Reader); err != nil {
 			if errors.Is(err, protocol.ErrAuthFailed) {
-				return fmt.Errorf("%w: authentication of peer failed: %v", errStandAlone, err)
+				return fmt.Errorf("authentication of peer failed (wrong shared-secret?): %w", err)
 			}
 			return fmt.Errorf("authentication: %w", err)
 		}
