@@ -1,0 +1,377 @@
+#!/usr/bin/env bash
+# scripts/bench.sh: drbdd's performance targets (DESIGN.md "Targets"),
+# measured as ratios in one run on this host.
+#
+# Targets compared, each on its own identical backing file (fallocate'd,
+# so sparse-file effects do not skew), all exported over NBD on TCP
+# loopback and driven by fio --ioengine=nbd:
+#   nbdkit      nbdkit's file plugin (reference NBD server, default threads)
+#   single      one drbdd, single-node resource, its NBD export
+#   replicated  two drbdd, protocol C, 127.0.0.1 <-> 127.0.0.2; skipped
+#               (printed "replication: not available") when `drbdadm up`
+#               with two hosts fails or the nodes are not Connected in 60 s
+# Jobs: 4 KiB random write QD1 (IOPS, mean latency: fio's lat, submission
+#       to completion; clat alone shifts with how the nbd engine splits
+#       slat/clat, so it is shown for information only),
+#       4 KiB random write QD32 (IOPS), 1 MiB sequential write QD8 (MB/s).
+# Jobs run job by job (each target in turn, `sync` between runs), so the
+# targets see the same machine state.
+#
+# Ratios printed (targets): drbdd/nbdkit at QD32 and seq (>= 0.9),
+# replicated/single seq (>= 0.8) and QD32 (>= 0.7), and QD1 latency
+# replicated - single <= loopback RTT + 100 us (RTT measured in this run).
+# Ratios below target are reported, never an error: the exit status is
+# non-zero only when something failed (build, daemon, drbdadm, fio).
+#
+# The resync section is a STUB, the only one in this script:
+# bench_resync prints "resync benchmark: not yet available" until resync
+# lands (then: resync of N MiB dirty vs dd of the same bytes).
+#
+# Usage: scripts/bench.sh [--quick] [--runtime SEC] [--file-mib N]
+#                         [--bin DIR] [--keep] [--resync-mib N]
+#   --quick       3 s jobs, 1 s ramp, 256 MiB files (a smoke run; < 1.5 min)
+#   --runtime S   seconds per job (default 15, ramp 3)
+#   --file-mib N  backing file size (default 1024, quick 256)
+#   --bin DIR     use drbdd/drbdadm from DIR instead of building them
+#   --keep        keep the work directory (logs, fio JSON) for inspection
+#   --resync-mib  dirty MiB for the resync section (default 256)
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+QUICK=0 RUNTIME=15 RAMP=3 FILE_MIB="" BIN="" KEEP=0 RESYNC_MIB=256
+CONNECT_TIMEOUT=60 SYNC_TIMEOUT=90
+while (($#)); do
+	case "$1" in
+	--quick) QUICK=1 RUNTIME=3 RAMP=1 SYNC_TIMEOUT=30 ;;
+	--runtime) RUNTIME=$2 RAMP=$(($2 >= 10 ? 3 : 1)); shift ;;
+	--file-mib) FILE_MIB=$2; shift ;;
+	--bin) BIN=$2; shift ;;
+	--keep) KEEP=1 ;;
+	--resync-mib) RESYNC_MIB=$2; shift ;;
+	-h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+	*) die "unknown argument $1 (try --help)" ;;
+	esac
+	shift
+done
+[[ -n $FILE_MIB ]] || FILE_MIB=$((QUICK ? 256 : 1024))
+# fio works on the first 7/8 of the file: drbdd keeps its internal
+# metadata at the end, so its export is a little smaller than the file.
+FIO_SIZE_MIB=$((FILE_MIB * 7 / 8))
+
+ensure_go
+ensure_tools fio=fio nbdkit=nbdkit fallocate=util-linux ping=iputils-ping python3=python3
+
+WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/drbdd-bench.XXXXXX")
+PIDS=()
+# shellcheck disable=SC2317 # run by the EXIT trap
+cleanup() {
+	local rc=$? pid
+	trap - EXIT INT TERM
+	for pid in "${PIDS[@]}"; do stop_pid "$pid" 20; done
+	if ((rc != 0)) && ((rc < 128)); then
+		# A failure: show the daemons' last words and keep the logs.
+		local f
+		for f in "$WORK"/*/drbdd.log "$WORK"/nbdkit.log; do
+			[[ -s $f ]] || continue
+			log "--- last lines of $f ---"
+			tail -n 25 "$f" >&2
+		done
+		find "$WORK" -name '*.img' -delete 2>/dev/null || true
+		KEEP=1
+	fi
+	if ((KEEP)); then log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+if [[ -z $BIN ]]; then
+	BIN=$WORK/bin
+	build_binaries "$BIN"
+fi
+[[ -x $BIN/drbdd && -x $BIN/drbdadm ]] || die "no drbdd/drbdadm in $BIN"
+RESULTS=$WORK/results.tsv
+: >"$RESULTS"
+
+# mkdisk PATH: an identical, fully allocated backing file.
+mkdisk() { rm -f "$1"; fallocate -l "${FILE_MIB}M" "$1"; }
+
+# ---- nbdkit -------------------------------------------------------------
+start_nbdkit() {
+	mkdisk "$WORK/nbdkit.img"
+	local port
+	port=$(free_port 127.0.0.1)
+	# nbdkit writes its pidfile once it listens.
+	nbdkit -f --exit-with-parent -P "$WORK/nbdkit.pid" -i 127.0.0.1 -p "$port" \
+		file file="$WORK/nbdkit.img" >"$WORK/nbdkit.log" 2>&1 &
+	PIDS+=($!)
+	NBDKIT_PID=$!
+	NBDKIT_URI="nbd://127.0.0.1:$port/"
+	local i
+	for ((i = 0; i < 200; i++)); do
+		[[ -s $WORK/nbdkit.pid ]] && return 0
+		kill -0 "$NBDKIT_PID" 2>/dev/null || break
+		sleep 0.05
+	done
+	cat "$WORK/nbdkit.log" >&2
+	die "nbdkit did not start"
+}
+
+# ---- drbdd nodes ----------------------------------------------------------
+# start_node NAME: a drbdd daemon with its own socket, status and config dir.
+start_node() {
+	local n=$1 d=$WORK/$1
+	mkdir -p "$d/etc"
+	"$BIN/drbdd" --control "$d/drbdd.sock" --status-file "$d/status" >"$d/drbdd.log" 2>&1 &
+	PIDS+=($!)
+	eval "PID_$n=$!"
+	wait_socket "$d/drbdd.sock" $! 10 || { cat "$d/drbdd.log" >&2; die "drbdd $n did not start"; }
+}
+# adm NAME ARGS...: drbdadm against node NAME.
+adm() {
+	local n=$1 d=$WORK/$1
+	shift
+	"$BIN/drbdadm" --control "$d/drbdd.sock" --config-dir "$d/etc" --node "$n" --timeout 30s "$@"
+}
+must_adm() {
+	local out
+	out=$(adm "$@" 2>&1) || { log "$out"; log "--- drbdd log of $1 ---"; cat "$WORK/$1/drbdd.log" >&2; die "drbdadm $*: failed"; }
+	printf '%s\n' "$out" >"$WORK/$1/last-adm.out"
+}
+alive() { local v="PID_$1"; kill -0 "${!v}" 2>/dev/null; }
+
+start_single() {
+	start_node single
+	mkdisk "$WORK/single/single.img"
+	local port
+	port=$(free_port 127.0.0.1)
+	cat >"$WORK/single/etc/r0.yaml" <<EOF
+resource: r0
+on:
+  single:
+    disk: $WORK/single/single.img
+    nbd-listen: 127.0.0.1:$port
+EOF
+	must_adm single create-md r0
+	must_adm single up r0
+	must_adm single primary --force r0
+	SINGLE_URI="nbd://127.0.0.1:$port/r0"
+}
+
+# start_replicated: alice (127.0.0.1) and bob (127.0.0.2), protocol C.
+# Returns 1 (after printing why) when replication is not available.
+REPL_NOTE=""
+start_replicated() {
+	start_node alice
+	start_node bob
+	mkdisk "$WORK/alice/alice.img"
+	mkdisk "$WORK/bob/bob.img"
+	local nbd pa pb
+	nbd=$(free_port 127.0.0.1)
+	pa=$(free_port 127.0.0.1)
+	pb=$(free_port 127.0.0.2)
+	cat >"$WORK/alice/etc/r0.yaml" <<EOF
+resource: r0
+protocol: C
+disk:
+  resync-rate: 2G
+on:
+  alice:
+    address: 127.0.0.1:$pa
+    disk: $WORK/alice/alice.img
+    nbd-listen: 127.0.0.1:$nbd
+  bob:
+    address: 127.0.0.2:$pb
+    disk: $WORK/bob/bob.img
+EOF
+	cp "$WORK/alice/etc/r0.yaml" "$WORK/bob/etc/r0.yaml"
+	must_adm alice create-md r0
+	must_adm bob create-md r0
+	local n out
+	for n in alice bob; do
+		if ! out=$(adm "$n" up r0 2>&1); then
+			echo "replication: not available (drbdadm up on $n: $(echo "$out" | tail -1))"
+			return 1
+		fi
+	done
+	# Connected on both within CONNECT_TIMEOUT; StandAlone for 5 s after
+	# `up` means this build does not connect at all yet.
+	local start=$SECONDS ca cb
+	while :; do
+		ca=$(adm alice cstate r0 2>/dev/null || true)
+		cb=$(adm bob cstate r0 2>/dev/null || true)
+		[[ $ca == Connected && $cb == Connected ]] && break
+		{ alive alice && alive bob; } || die "a drbdd died while connecting (logs in $WORK)"
+		if ((SECONDS - start >= CONNECT_TIMEOUT)) ||
+			{ ((SECONDS - start >= 5)) && [[ $ca == StandAlone || $cb == StandAlone ]]; }; then
+			echo "replication: not available (cstate alice=${ca:-?} bob=${cb:-?} after $((SECONDS - start)) s)"
+			return 1
+		fi
+		sleep 0.2
+	done
+	must_adm alice primary --force r0
+	# Initial full sync (alice UpToDate -> bob): wait for it, bounded, so
+	# that the measurements do not include resync traffic.
+	local ds t0
+	t0=$(date +%s.%N)
+	start=$SECONDS
+	while ds=$(adm alice dstate r0 2>/dev/null || true); [[ $ds != UpToDate/UpToDate ]]; do
+		{ alive alice && alive bob; } || die "a drbdd died during the initial sync (logs in $WORK)"
+		if ((SECONDS - start >= SYNC_TIMEOUT)); then
+			REPL_NOTE="peer not UpToDate after ${SYNC_TIMEOUT}s (dstate $ds): replicated figures include resync traffic"
+			break
+		fi
+		sleep 0.1
+	done
+	if [[ -z $REPL_NOTE ]]; then
+		REPL_NOTE=$(awk -v a="$t0" -v b="$(date +%s.%N)" -v m="$FILE_MIB" \
+			'BEGIN {printf "initial full sync of the %d MiB device (Connected -> UpToDate/UpToDate): %.1f s, %.0f MB/s", m, b - a, m * 1.048576 / (b - a)}')
+	fi
+	REPL_URI="nbd://127.0.0.1:$nbd/r0"
+	return 0
+}
+
+# ---- measurements --------------------------------------------------------
+# run_fio TARGET JOB URI: one fio job; appends "target job iops clat_us MB/s".
+run_fio() {
+	local target=$1 job=$2 uri=$3 args out=$WORK/fio-$1-$2.json
+	case "$job" in
+	qd1) args=(--rw=randwrite --bs=4k --iodepth=1) ;;
+	qd32) args=(--rw=randwrite --bs=4k --iodepth=32) ;;
+	seq) args=(--rw=write --bs=1m --iodepth=8) ;;
+	esac
+	sync
+	if ! fio --name="$target-$job" --ioengine=nbd --uri="$uri" "${args[@]}" \
+		--size="${FIO_SIZE_MIB}m" --time_based --runtime="$RUNTIME" --ramp_time="$RAMP" \
+		--output-format=json --output="$out" >"$WORK/fio-$target-$job.log" 2>&1; then
+		cat "$WORK/fio-$target-$job.log" >&2
+		die "fio $target $job failed"
+	fi
+	"$PY" - "$out" "$target" "$job" >>"$RESULTS" <<'EOF' || die "fio $2 $3: bad output"
+import json, sys
+d = json.load(open(sys.argv[1]))
+j = d["jobs"][0]
+if j.get("error"):
+    sys.exit("fio error %s" % j["error"])
+w = j["write"]
+if w["total_ios"] == 0:
+    sys.exit("fio did no I/O")
+print("%s\t%s\t%.0f\t%.1f\t%.1f\t%.1f" % (sys.argv[2], sys.argv[3], w["iops"],
+      w["lat_ns"]["mean"] / 1000, w["clat_ns"]["mean"] / 1000, w["bw_bytes"] / 1e6))
+EOF
+	printf '  %-10s %-4s %s\n' "$target" "$job" "$(tail -1 "$RESULTS" | cut -f3- | awk -F'\t' '{printf "%s IOPS, lat %s us (clat %s), %s MB/s", $1, $2, $3, $4}')"
+}
+
+# measure_rtt: mean loopback round trip 127.0.0.1 -> 127.0.0.2 in us, by
+# ping (ICMP) and by a TCP 1-byte ping-pong (TCP_NODELAY, python: includes
+# some interpreter time). Sets RTT_PING_US, RTT_TCP_US.
+measure_rtt() {
+	local count=20 interval=0.2
+	((QUICK)) && count=10 interval=0.05
+	RTT_PING_US=$(ping -n -q -c "$count" -i "$interval" 127.0.0.2 2>/dev/null |
+		awk -F'/' '/^rtt|^round-trip/ {printf "%.1f", $5 * 1000}') || true
+	RTT_TCP_US=$("$PY" - <<'EOF'
+import socket, threading, time
+srv = socket.socket(); srv.bind(("127.0.0.2", 0)); srv.listen(1)
+def echo():
+    c, _ = srv.accept(); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    while (b := c.recv(1)):
+        c.sendall(b)
+threading.Thread(target=echo, daemon=True).start()
+s = socket.create_connection(srv.getsockname(), source_address=("127.0.0.1", 0))
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+for _ in range(200):
+    s.sendall(b"x"); s.recv(1)
+n = 2000; t = time.perf_counter()
+for _ in range(n):
+    s.sendall(b"x"); s.recv(1)
+print("%.1f" % ((time.perf_counter() - t) / n * 1e6))
+EOF
+) || RTT_TCP_US=""
+}
+
+# bench_resync: STUB (the only one in this script). To be filled in when
+# resync lands: dirty RESYNC_MIB MiB on a disconnected Primary, reconnect,
+# time the resync and count bytes sent (target: <= 1.05x dirtied bytes, at
+# >= 0.8x the speed of `dd` copying the same bytes between the two files).
+bench_resync() {
+	echo "resync benchmark: not yet available (stub; would dirty ${RESYNC_MIB} MiB)"
+}
+
+report() {
+	"$PY" - "$RESULTS" "${RTT_PING_US:-}" "${RTT_TCP_US:-}" <<'EOF'
+import sys
+res = {}
+for line in open(sys.argv[1]):
+    t, job, iops, lat, clat, mbs = line.rstrip("\n").split("\t")
+    res[(t, job)] = (float(iops), float(lat), float(mbs), float(clat))
+rtt_ping = float(sys.argv[2]) if sys.argv[2] else None
+rtt_tcp = float(sys.argv[3]) if sys.argv[3] else None
+targets = [t for t in ("nbdkit", "single", "replicated") if (t, "qd1") in res]
+print()
+print("%-11s %10s %11s %12s %11s %13s" % ("target", "QD1 IOPS", "QD1 lat us", "QD1 clat us", "QD32 IOPS", "seq 1M MB/s"))
+for t in targets:
+    print("%-11s %10.0f %11.1f %12.1f %11.0f %13.1f" % (t, res[(t, "qd1")][0], res[(t, "qd1")][1],
+          res[(t, "qd1")][3], res[(t, "qd32")][0], res[(t, "seq")][2]))
+print()
+def ratio(name, num, den, target):
+    r = num / den if den else 0.0
+    if target is None:
+        print("%-36s %6.2f  (no target)" % (name, r))
+        return
+    print("%-36s %6.2f  (target >= %.1f) %s" % (name, r, target, "ok" if r >= target else "BELOW TARGET"))
+if "single" in targets:
+    ratio("drbdd/nbdkit   QD32 4k randwrite", res[("single", "qd32")][0], res[("nbdkit", "qd32")][0], 0.9)
+    ratio("drbdd/nbdkit   seq 1M write", res[("single", "seq")][2], res[("nbdkit", "seq")][2], 0.9)
+    ratio("drbdd/nbdkit   QD1 4k randwrite", res[("single", "qd1")][0], res[("nbdkit", "qd1")][0], None)
+if "replicated" in targets:
+    ratio("replicated/single seq 1M write", res[("replicated", "seq")][2], res[("single", "seq")][2], 0.8)
+    ratio("replicated/single QD32 4k randwrite", res[("replicated", "qd32")][0], res[("single", "qd32")][0], 0.7)
+    rtt = rtt_ping if rtt_ping is not None else rtt_tcp
+    over = res[("replicated", "qd1")][1] - res[("single", "qd1")][1]
+    if rtt is None:
+        print("QD1 latency: replicated - single = %.1f us (RTT not measured)" % over)
+    else:
+        lim = rtt + 100
+        print("QD1 latency  replicated - single   %6.1f us (target <= RTT %.1f + 100 = %.1f us) %s"
+              % (over, rtt, lim, "ok" if over <= lim else "BELOW TARGET"))
+print("loopback RTT 127.0.0.1->127.0.0.2: ping %s us, TCP ping-pong %s us" % (
+    "%.1f" % rtt_ping if rtt_ping is not None else "n/a",
+    "%.1f" % rtt_tcp if rtt_tcp is not None else "n/a"))
+EOF
+}
+
+# ---- main ----------------------------------------------------------------
+echo "drbdd bench: $(date -u +%FT%TZ), $(nproc) CPUs, kernel $(uname -r), $(fio --version), nbdkit $(nbdkit --version | awk '{print $2}')"
+echo "backing files ${FILE_MIB} MiB (fallocate), fio --size ${FIO_SIZE_MIB} MiB, ${RUNTIME} s per job + ${RAMP} s ramp, NBD over TCP loopback"
+start_nbdkit
+start_single
+TARGETS=(nbdkit single)
+URIS=("$NBDKIT_URI" "$SINGLE_URI")
+if start_replicated; then
+	TARGETS+=(replicated)
+	URIS+=("$REPL_URI")
+	echo "replication: alice 127.0.0.1 <-> bob 127.0.0.2 Connected, protocol C"
+	[[ -z $REPL_NOTE ]] || echo "note: $REPL_NOTE"
+fi
+measure_rtt
+for job in qd1 qd32 seq; do
+	for i in "${!TARGETS[@]}"; do
+		t=${TARGETS[$i]}
+		case $t in
+		nbdkit) kill -0 "$NBDKIT_PID" 2>/dev/null || die "nbdkit died" ;;
+		single) alive single || die "drbdd single died (log: $WORK/single/drbdd.log)" ;;
+		replicated) { alive alice && alive bob; } || die "a replicated drbdd died" ;;
+		esac
+		run_fio "$t" "$job" "${URIS[$i]}"
+	done
+done
+if [[ " ${TARGETS[*]} " == *" replicated "* ]]; then
+	echo "replicated status after the run: alice $(adm alice cstate r0 2>&1) $(adm alice dstate r0 2>&1)"
+fi
+report
+echo
+bench_resync
+echo "bench: done"
