@@ -515,6 +515,9 @@ func (s *session) recvWrite(kind writeKind, h protocol.DataHeader, data []byte, 
 	}
 	ep := s.recvEpochWrite()
 	lr := r.io.writes.acquire(off, n)
+	// With nothing else in flight (queue depth 1), apply the write right
+	// here: a goroutine hand-off would only add latency.
+	inline := len(s.peerWriteSem) == 0 && n <= 64<<10
 	select {
 	case s.peerWriteSem <- struct{}{}:
 	case <-s.ctx.Done():
@@ -524,7 +527,7 @@ func (s *session) recvWrite(kind writeKind, h protocol.DataHeader, data []byte, 
 	}
 	r.io.unacked.Add(1)
 	s.wg.Add(1)
-	go func() {
+	apply := func() {
 		defer s.wg.Done()
 		err := r.applyPeerWrite(ld, kind, buf, off, n, h.DPFlags&protocol.DPFUA != 0)
 		r.io.writes.release(lr)
@@ -545,7 +548,12 @@ func (s *session) recvWrite(kind writeKind, h protocol.DataHeader, data []byte, 
 			}
 		}
 		s.recvEpochDone(ep, ld)
-	}()
+	}
+	if inline {
+		apply()
+	} else {
+		go apply()
+	}
 	return nil
 }
 

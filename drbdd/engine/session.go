@@ -549,10 +549,11 @@ func (s *session) submitWrite(kind writeKind, p []byte, off, n int64, fua bool) 
 	q := &peerReq{off: off, n: n, sentAt: time.Now(), done: make(chan struct{})}
 	s.sendMu.Lock()
 	defer s.sendMu.Unlock()
+	// A write that may depend on a completed one opens a new epoch; its
+	// barrier goes out in the same flush as the data packet.
+	var barrier []byte
 	if s.epochWrites > 0 && (s.epochCompletion || s.epochWrites >= s.maxEpochWrites) {
-		if !s.closeEpoch() {
-			return nil
-		}
+		barrier = s.closeEpochLocked()
 	}
 	s.pmu.Lock()
 	if s.closed {
@@ -614,7 +615,12 @@ func (s *session) submitWrite(kind writeKind, p []byte, off, n int64, fua bool) 
 	s.epochWrites++
 	// Sent directly, under sendMu, so that data packets and barriers keep
 	// their order on the wire.
-	err := s.dataW.send(pkt.cmd, pkt.head, pkt.body)
+	var err error
+	if barrier != nil {
+		err = s.dataW.sendPair(protocol.PBarrier, barrier, pkt.cmd, pkt.head, pkt.body)
+	} else {
+		err = s.dataW.send(pkt.cmd, pkt.head, pkt.body)
+	}
 	if pkt.sent != nil {
 		pkt.sent(err)
 	}
@@ -628,6 +634,16 @@ func (s *session) submitWrite(kind writeKind, p []byte, off, n int64, fua bool) 
 
 // closeEpoch sends a barrier for the current epoch. Caller holds sendMu.
 func (s *session) closeEpoch() bool {
+	if err := s.dataW.send(protocol.PBarrier, s.closeEpochLocked()); err != nil {
+		s.cancel(fmt.Errorf("sending %s: %w", protocol.PBarrier, err))
+		return false
+	}
+	return true
+}
+
+// closeEpochLocked closes the current epoch in the transfer log and
+// returns the barrier payload to send. Caller holds sendMu.
+func (s *session) closeEpochLocked() []byte {
 	nr := s.epoch
 	s.pmu.Lock()
 	if n := len(s.tl); n > 0 && !s.tl[n-1].closed && s.tl[n-1].nr == nr {
@@ -638,11 +654,7 @@ func (s *session) closeEpoch() bool {
 	s.epochWrites = 0
 	s.epochCompletion = false
 	s.r.io.epochs.Add(1)
-	if err := s.dataW.send(protocol.PBarrier, (&protocol.Barrier{Barrier: nr}).MarshalAppend(nil)); err != nil {
-		s.cancel(fmt.Errorf("sending %s: %w", protocol.PBarrier, err))
-		return false
-	}
-	return true
+	return (&protocol.Barrier{Barrier: nr}).MarshalAppend(nil)
 }
 
 // writeCompleted notes that an application write finished: the next write

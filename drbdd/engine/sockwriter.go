@@ -58,3 +58,24 @@ func (w *sockWriter) send(cmd protocol.Cmd, parts ...[]byte) error {
 	}
 	return err
 }
+
+// sendPair writes two packets with at most one flush, for a barrier and
+// the data packet that opens the next epoch.
+func (w *sockWriter) sendPair(cmd1 protocol.Cmd, p1 []byte, cmd2 protocol.Cmd, parts ...[]byte) error {
+	w.waiting.Add(1)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	err := w.pc.WritePacket(cmd1, p1)
+	if err == nil {
+		err = w.pc.WritePacket(cmd2, parts...)
+	}
+	last := w.waiting.Add(-1) == 0
+	if err != nil {
+		return err
+	}
+	if last || w.bw.Buffered() >= flushAt {
+		w.nc.SetWriteDeadline(time.Now().Add(w.timeout))
+		err = w.bw.Flush()
+	}
+	return err
+}
