@@ -24,8 +24,8 @@
 # non-zero only when something failed (build, daemon, drbdadm, fio).
 #
 # The resync section is a STUB, the only one in this script:
-# bench_resync prints "resync benchmark: not yet available" until resync
-# lands (then: resync of N MiB dirty vs dd of the same bytes).
+# bench_resync dirties N MiB while bob is disconnected, reconnects, and
+# compares the resync (speed, bytes on the wire) with dd of the same bytes.
 #
 # Usage: scripts/bench.sh [--quick] [--runtime SEC] [--file-mib N]
 #                         [--bin DIR] [--keep] [--resync-mib N]
@@ -292,12 +292,57 @@ EOF
 ) || RTT_TCP_US=""
 }
 
-# bench_resync: STUB (the only one in this script). To be filled in when
-# resync lands: dirty RESYNC_MIB MiB on a disconnected Primary, reconnect,
-# time the resync and count bytes sent (target: <= 1.05x dirtied bytes, at
-# >= 0.8x the speed of `dd` copying the same bytes between the two files).
+# counter NODE NAME: one /proc/drbd counter (KiB for ns/oos) of minor 0.
+counter() { grep -o "\b$2:[0-9]*" "$WORK/$1/status" | head -1 | cut -d: -f2; }
+
+# bench_resync: disconnect bob, dirty RESYNC_MIB MiB through alice's export,
+# reconnect and time the resync; count what alice sent on the wire (ns:)
+# against what was dirtied (oos:); compare with dd copying the same bytes
+# between the same files. Targets: sent <= 1.05x dirtied, speed >= 0.8x dd.
 bench_resync() {
-	echo "resync benchmark: not yet available (stub; would dirty ${RESYNC_MIB} MiB)"
+	if [[ " ${TARGETS[*]} " != *" replicated "* ]]; then
+		echo "resync benchmark: skipped (replication not available)"
+		return
+	fi
+	local mib=$RESYNC_MIB
+	((mib * 2 <= FILE_MIB)) || mib=$((FILE_MIB / 2))
+	must_adm bob disconnect r0
+	fio --name=dirty --ioengine=nbd --uri="$REPL_URI" --rw=write --bs=1M --iodepth=8 \
+		--offset=0 --size="${mib}M" --output="$WORK/fio-dirty.out" >/dev/null 2>&1 ||
+		die "fio dirtying ${mib} MiB failed"
+	sleep 1.2 # the status file is rewritten at most once a second
+	local oos ns0 ns1 t0 t1 start=$SECONDS
+	oos=$(counter alice oos)
+	ns0=$(counter alice ns)
+	t0=$(date +%s.%N)
+	must_adm bob connect r0
+	while [[ $(adm alice dstate r0 2>/dev/null) != UpToDate/UpToDate || $(adm alice cstate r0 2>/dev/null) != Connected ]]; do
+		((SECONDS - start < 120)) || die "resync did not finish within 120 s"
+		sleep 0.02
+	done
+	t1=$(date +%s.%N)
+	sleep 1.2
+	ns1=$(counter alice ns)
+	# The plain copy: the same bytes, file to file, through the page cache
+	# like the resync's reads and writes.
+	local d0 d1
+	d0=$(date +%s.%N)
+	dd if="$WORK/alice/alice.img" of="$WORK/bob/copy.img" bs=1M count="$mib" conv=notrunc status=none
+	d1=$(date +%s.%N)
+	rm -f "$WORK/bob/copy.img"
+	"$PY" - "$mib" "$oos" "$ns0" "$ns1" "$t0" "$t1" "$d0" "$d1" <<'PYEOF'
+import sys
+mib, oos, ns0, ns1, t0, t1, d0, d1 = (float(x) for x in sys.argv[1:])
+dirtied = oos / 1024.0
+sent = (ns1 - ns0) / 1024.0
+rs = dirtied / (t1 - t0)
+dd = mib / (d1 - d0)
+print("resync: %.0f MiB dirtied (oos), %.1f MiB sent, %.2f s -> %.0f MiB/s; dd of the same bytes %.0f MiB/s" % (dirtied, sent, t1 - t0, rs, dd))
+r = sent / dirtied if dirtied else 0
+print("%-36s %6.2f  (target <= 1.05) %s" % ("resync bytes sent / bytes dirtied", r, "ok" if r <= 1.05 else "ABOVE TARGET"))
+r = rs / dd if dd else 0
+print("%-36s %6.2f  (target >= 0.8) %s" % ("resync speed / dd speed", r, "ok" if r >= 0.8 else "BELOW TARGET"))
+PYEOF
 }
 
 report() {

@@ -365,3 +365,9 @@ func (ld *localDisk) clearAllInSync() error {
 	defer ld.mu.Unlock()
 	return ld.md.ClearAllAndWrite()
 }
+
+// direct reports whether the data device bypasses the page cache.
+func (ld *localDisk) direct() bool {
+	fd, ok := ld.dev.(*bdev.FileDevice)
+	return ok && fd.Direct()
+}

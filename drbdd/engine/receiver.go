@@ -367,14 +367,34 @@ func (s *session) sendState() {
 }
 
 // receiver reads the data socket and dispatches the peer's packets.
+//
+// While input is already buffered, the meta socket stays corked: the acks
+// of a burst of writes leave in one flush, just before the receiver would
+// block waiting for more input.
 func (s *session) receiver() error {
+	corked := false
+	defer func() {
+		if corked {
+			s.metaW.uncork()
+		}
+	}()
 	for {
+		if corked && s.dataRd.Buffered() == 0 {
+			corked = false
+			if err := s.metaW.uncork(); err != nil {
+				return err
+			}
+		}
 		h, payload, err := s.data.ReadPacket(protocol.MaxPayload)
 		if err != nil {
 			if s.ctx.Err() != nil {
 				return nil
 			}
 			return err
+		}
+		if !corked {
+			s.metaW.cork()
+			corked = true
 		}
 		s.r.io.netRecv.Add(uint64(len(payload)))
 		if err := s.dispatch(h.Cmd, payload); err != nil {
@@ -508,21 +528,27 @@ func (s *session) recvWrite(kind writeKind, h protocol.DataHeader, data []byte, 
 			return err
 		}
 	}
+	// With no other peer write in flight, apply the write right here: a
+	// goroutine hand-off would only add latency, and the data can be
+	// written straight from the receive buffer. On a page-cache backed
+	// disk a write is a memory copy, so a burst is applied inline too.
+	inline := s.peerBuffers.idle() && (s.dataRd.Buffered() == 0 || !ld.direct())
 	var buf []byte
 	if kind == writeData {
-		buf = getBuf(len(data))
-		copy(buf, data)
+		if inline {
+			buf = data
+		} else {
+			buf = getBuf(len(data))
+			copy(buf, data)
+		}
 	}
 	ep := s.recvEpochWrite()
 	lr := r.io.writes.acquire(off, n)
-	// With nothing else in flight (queue depth 1), apply the write right
-	// here: a goroutine hand-off would only add latency.
-	inline := len(s.peerWriteSem) == 0 && n <= 64<<10
-	select {
-	case s.peerWriteSem <- struct{}{}:
-	case <-s.ctx.Done():
+	if err := s.peerBuffers.acquire(s.ctx, n); err != nil {
 		r.io.writes.release(lr)
-		putBuf(buf)
+		if !inline {
+			putBuf(buf)
+		}
 		return nil
 	}
 	r.io.unacked.Add(1)
@@ -531,8 +557,10 @@ func (s *session) recvWrite(kind writeKind, h protocol.DataHeader, data []byte, 
 		defer s.wg.Done()
 		err := r.applyPeerWrite(ld, kind, buf, off, n, h.DPFlags&protocol.DPFUA != 0)
 		r.io.writes.release(lr)
-		putBuf(buf)
-		<-s.peerWriteSem
+		if !inline {
+			putBuf(buf)
+		}
+		s.peerBuffers.release(n)
 		r.io.unacked.Add(-1)
 		if err != nil {
 			s.sendMeta(protocol.PNegAck, &ack)

@@ -85,14 +85,16 @@ type session struct {
 	dataNC, metaNC net.Conn
 	// data and meta read (and, during the handshake, write) the sockets;
 	// after the handshake all writes go through dataW and metaW.
-	data, meta        *protocol.Conn
-	dataW, metaW      *sockWriter
-	version           int
-	features          protocol.FeatureFlags
-	wireProto         uint32
-	writeTimeout      time.Duration
-	maxEpochWrites    int
-	peerWriteSem      chan struct{}
+	data, meta     *protocol.Conn
+	dataW, metaW   *sockWriter
+	dataRd         *bufio.Reader
+	version        int
+	features       protocol.FeatureFlags
+	wireProto      uint32
+	writeTimeout   time.Duration
+	maxEpochWrites int
+	// peerBuffers bounds the peer's writes held in memory (max-buffers).
+	peerBuffers       *byteBudget
 	ctx               context.Context
 	cancel            context.CancelCauseFunc
 	wg                sync.WaitGroup
@@ -137,9 +139,12 @@ type session struct {
 	stateReply chan replication.Result
 }
 
-// maxPeerWrites bounds the peer writes applied concurrently when
-// max-buffers is not set.
-const maxPeerWrites = 256
+// defaultMaxBuffers is max-buffers when the net config has none: 4 KiB
+// pages of peer data held in memory at once (32 MiB).
+const defaultMaxBuffers = 8192
+
+// sendQueue bounds the packets waiting for the worker.
+const sendQueue = 1024
 
 func newSession(c *connection, data, meta *protocol.Conn, dataNC, metaNC net.Conn) *session {
 	s := &session{
@@ -164,16 +169,17 @@ func newSession(c *connection, data, meta *protocol.Conn, dataNC, metaNC net.Con
 	if s.maxEpochWrites <= 0 {
 		s.maxEpochWrites = 2048
 	}
-	buffers := int(c.conf.MaxBuffers)
-	if buffers <= 0 || buffers > maxPeerWrites*8 {
-		buffers = maxPeerWrites
+	buffers := int64(c.conf.MaxBuffers)
+	if buffers <= 0 {
+		buffers = defaultMaxBuffers
 	}
-	s.peerWriteSem = make(chan struct{}, buffers)
-	s.sendq = make(chan *outPacket, buffers)
+	s.peerBuffers = newByteBudget(buffers * 4096)
+	s.sendq = make(chan *outPacket, sendQueue)
 	s.barrierCond = sync.NewCond(&s.pmu)
 	// Buffered reads take many packets per system call; the writers
 	// combine concurrent packets into one.
-	s.dataW, s.data = newSockWriter(dataNC, bufio.NewReaderSize(dataNC, 256<<10), s.version, s.writeTimeout)
+	s.dataRd = bufio.NewReaderSize(dataNC, 256<<10)
+	s.dataW, s.data = newSockWriter(dataNC, s.dataRd, s.version, s.writeTimeout)
 	s.metaW, s.meta = newSockWriter(metaNC, bufio.NewReaderSize(metaNC, 64<<10), s.version, s.writeTimeout)
 	s.ctx, s.cancel = context.WithCancelCause(c.ctx)
 	return s
@@ -326,7 +332,12 @@ func (s *session) lostPeer() {
 		if peerHadData {
 			var generated bool
 			err := ld.updateUUIDs(func(u *meta.UUIDs) {
-				generated = u.LostPeerData(randomUUID(), os.Role == replication.Primary, os.Peer == replication.Primary, os.Disk >= replication.UpToDate)
+				// DRBD applies this rule to the new state, in which the
+				// peer's role is already unknown: only a Primary (or a node
+				// still connected to a Primary whose disk failed) starts a
+				// new generation. A Secondary that lost its Primary must
+				// not, or the reconnect would look like a split brain.
+				generated = u.LostPeerData(randomUUID(), ns.Role == replication.Primary, ns.Peer == replication.Primary, ns.Disk >= replication.UpToDate)
 			})
 			if generated {
 				r.logf("new current UUID %s (lost the peer's copy of the data)", ld.uuids())

@@ -79,3 +79,22 @@ func (w *sockWriter) sendPair(cmd1 protocol.Cmd, p1 []byte, cmd2 protocol.Cmd, p
 	}
 	return err
 }
+
+// cork holds back flushes: packets sent while corked stay buffered until
+// uncork. The receiver corks the ack socket while it works through input
+// already buffered, so a burst of writes is answered with one flush.
+func (w *sockWriter) cork() { w.waiting.Add(1) }
+
+// uncork releases a cork and flushes if nobody else is about to.
+func (w *sockWriter) uncork() error {
+	if w.waiting.Add(-1) != 0 {
+		return nil
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.bw.Buffered() == 0 {
+		return nil
+	}
+	w.nc.SetWriteDeadline(time.Now().Add(w.timeout))
+	return w.bw.Flush()
+}

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/md5"
 	"crypto/sha1"
@@ -132,7 +133,7 @@ func (y *syncState) begin(bits int64) {
 		DelayTarget: 10,
 		MaxRate:     uint32(min(dc.CMaxRate>>10, 1<<31)),
 		MinRate:     uint32(min(dc.CMinRate>>10, 1<<31)),
-		MaxBuffers:  uint32(y.s.c.conf.MaxBuffers),
+		MaxBuffers:  uint32(cmp.Or(int64(y.s.c.conf.MaxBuffers), defaultMaxBuffers)),
 	}
 	if cfg.ResyncRate == 0 {
 		cfg = resync.DefaultControllerConfig()
@@ -256,9 +257,7 @@ func (y *syncState) gotData(d protocol.Data) error {
 	buf := getBuf(int(n))
 	copy(buf, d.Payload)
 	lr := r.io.writes.acquire(off, n)
-	select {
-	case s.peerWriteSem <- struct{}{}:
-	case <-s.ctx.Done():
+	if err := s.peerBuffers.acquire(s.ctx, n); err != nil {
 		r.io.writes.release(lr)
 		putBuf(buf)
 		return nil
@@ -271,7 +270,7 @@ func (y *syncState) gotData(d protocol.Data) error {
 		r.io.local.Add(-1)
 		r.io.writes.release(lr)
 		putBuf(buf)
-		<-s.peerWriteSem
+		s.peerBuffers.release(n)
 		ack := protocol.BlockAck{Sector: d.Sector, BlockID: d.BlockID, BlkSize: uint32(n)}
 		outcome := resync.Synced
 		if err != nil {
