@@ -31,6 +31,11 @@ type ioState struct {
 	// and exclusively by detach, which therefore waits for requests in
 	// flight before it closes the disk.
 	gate sync.RWMutex
+	// writeGate is held shared by application writes and exclusively by
+	// the connection handshake, from sampling the UUIDs and bitmap to
+	// publishing the session, so that no write falls between what the
+	// peer was told and what is replicated. Reads never wait for it.
+	writeGate sync.RWMutex
 
 	// writes serializes overlapping writes, so both replicas apply them in
 	// the same order (DRBD's conflict detection for local requests).
@@ -165,6 +170,8 @@ func (b *backend) Flush() error { return b.r.flush() }
 // 512-byte sectors, so an unaligned request is split into an aligned
 // middle and read-modify-write of its partial head and tail sectors.
 func (r *Resource) write(kind writeKind, p []byte, off, length int64, fua bool) error {
+	r.io.writeGate.RLock()
+	defer r.io.writeGate.RUnlock()
 	r.io.gate.RLock()
 	defer r.io.gate.RUnlock()
 	if st := r.State(); st.Role != replication.Primary {

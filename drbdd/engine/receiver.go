@@ -15,16 +15,17 @@ import (
 // P_STATE, decides with DRBD's UUID rules whether and which way to resync,
 // exchanges bitmaps when needed, and publishes the session for writes.
 //
-// Application I/O is held (the gate is taken exclusively) from the moment
-// our UUIDs and bitmap are sampled until the session is published, so no
-// write can slip between what we told the peer and what we replicate.
+// Application writes are held (the write gate is taken exclusively) from
+// the moment our UUIDs and bitmap are sampled until the session is
+// published, so no write can slip between what we told the peer and what
+// we replicate. Reads go on.
 func (s *session) handshake() error {
 	r := s.r
 	c := s.c
-	r.io.gate.Lock()
-	defer r.io.gate.Unlock()
-
-	s.dataNC.SetReadDeadline(time.Now().Add(3 * handshakeTimeout))
+	// A healthy peer sends its parameters right after authentication; wait
+	// no longer than the net timeout, since writes are held meanwhile.
+	wait := max(c.conf.Timeout, time.Second)
+	s.dataNC.SetReadDeadline(time.Now().Add(wait))
 	defer s.dataNC.SetReadDeadline(time.Time{})
 
 	var my struct {
@@ -166,6 +167,13 @@ func (s *session) handshake() error {
 	peerView := peerState.FromPeer()
 	s.peerState.Store(peerView.Pack())
 
+	// From here until the session is published, application writes wait:
+	// what we decide, the bitmap we send and the writes we replicate must
+	// describe the same data. Writes made while we waited for the peer were
+	// local only and are in the bitmap.
+	r.io.writeGate.Lock()
+	defer r.io.writeGate.Unlock()
+
 	// Decide.
 	peerGen := meta.GenFromWords([6]uint64{peerUUIDs.Current, peerUUIDs.Bitmap, peerUUIDs.HistoryStart, peerUUIDs.HistoryEnd, peerUUIDs.DirtyBits, peerUUIDs.Flags})
 	if peerProto.ConnFlags&protocol.CFDiscardMyData != 0 {
@@ -206,6 +214,16 @@ func (s *session) handshake() error {
 		return fmt.Errorf("%w: %s", errStandAlone, d)
 	case meta.ActionConnected:
 		if bits := ld.bitsSet(); bits > 0 {
+			if my.st.Role == replication.Primary && ld.uuids().Bitmap == 0 {
+				// Blocks the peer lacks (written while we waited for it,
+				// or found by verify): start a new generation and
+				// reconnect, so that the UUID rules resync them.
+				if err := ld.updateUUIDs(func(u *meta.UUIDs) { u.NewCurrent(randomUUID(), true) }); err != nil {
+					return err
+				}
+				r.logf("%s: %d KiB out of sync but no resync decided: new current UUID %s, reconnecting to resync", c.peerName, bits*4, ld.uuids())
+				return errRehandshake
+			}
 			r.logf("%s: No resync, but %d bits in bitmap!", c.peerName, bits)
 		}
 		err = r.act(s.ctx, func() error {
@@ -258,6 +276,7 @@ func (s *session) startSync(d meta.Decision, peerState protocol.State, peerUUIDs
 			return err
 		}
 	}
+	s.dataNC.SetReadDeadline(time.Now().Add(3 * handshakeTimeout))
 	if err := s.exchangeBitmaps(ld); err != nil {
 		return err
 	}
