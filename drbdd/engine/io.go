@@ -138,6 +138,9 @@ func (b *backend) ReadAt(p []byte, off int64) error {
 	if ld == nil {
 		return fmt.Errorf("%s: no local disk", r.name)
 	}
+	if len(p) > 0 && r.needsPeer(ld, off, int64(len(p))) {
+		return r.readFromPeer(p, off)
+	}
 	r.io.local.Add(1)
 	_, err := ld.dev.ReadAt(p, off)
 	r.io.local.Add(-1)
@@ -222,7 +225,11 @@ func (r *Resource) writePartialSector(ld *localDisk, kind writeKind, p []byte, o
 	lr := r.io.writes.acquire(start, sect)
 	defer r.io.writes.release(lr)
 	buf := make([]byte, sect)
-	if _, err := ld.dev.ReadAt(buf, start); err != nil {
+	if r.needsPeer(ld, start, sect) {
+		if err := r.readFromPeer(buf, start); err != nil {
+			return err
+		}
+	} else if _, err := ld.dev.ReadAt(buf, start); err != nil {
 		return r.ioError("read-modify-write", start, err)
 	}
 	if kind == writeData {
@@ -276,6 +283,9 @@ func (r *Resource) writeLocked(ld *localDisk, kind writeKind, p []byte, off, len
 	} else {
 		// Both sides hold these bytes now.
 		ld.clearFullBlocks(off, length)
+		if y := s.getSync(); y != nil && y.target {
+			y.applicationWrote(off, length)
+		}
 	}
 	s.writeCompleted()
 	return nil

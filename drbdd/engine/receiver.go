@@ -482,6 +482,18 @@ func (s *session) dispatch(cmd protocol.Cmd, payload []byte) error {
 			return protoErr("%s while not SyncTarget", cmd)
 		}
 		return y.gotData(d)
+	case protocol.PDataRequest:
+		var rq protocol.BlockReq
+		if err := rq.Unmarshal(payload); err != nil {
+			return protoErr("%s: %v", cmd, err)
+		}
+		return s.serveDataRequest(rq)
+	case protocol.PDataReply:
+		var d protocol.Data
+		if err := d.Unmarshal(payload); err != nil {
+			return protoErr("%s: %v", cmd, err)
+		}
+		return s.gotDataReply(d)
 	case protocol.POVReply:
 		var rq protocol.BlockReq
 		if err := rq.Unmarshal(payload); err != nil {

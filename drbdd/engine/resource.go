@@ -341,13 +341,6 @@ func (r *Resource) promotion(force bool) (*replication.State, bool, error) {
 		ns.Disk = replication.UpToDate
 		forced = true
 	}
-	if ns.Disk < replication.UpToDate {
-		// drbdd serves I/O from its local disk only.
-		if err := replication.Check(os, ns, r.checkContext(false)); err != nil {
-			return nil, false, err
-		}
-		return nil, false, &replication.StateError{Result: replication.SSNoUpToDateDisk}
-	}
 	ns.Role = replication.Primary
 	if err := replication.Check(os, ns, r.checkContext(false)); err != nil {
 		return nil, false, err
@@ -489,8 +482,11 @@ func (p exportProvider) Open(name string) (*nbd.Export, error) {
 			return fmt.Errorf("%s: not Primary (role %s): only the Primary serves I/O", r.name, st.Role)
 		}
 		ld := r.ldev.Load()
-		if ld == nil || st.Disk != replication.UpToDate {
-			return fmt.Errorf("%s: local disk is %s: drbdd serves I/O only from an UpToDate local disk", r.name, st.Disk)
+		if ld == nil {
+			return fmt.Errorf("%s: no local disk: drbdd does not serve diskless", r.name)
+		}
+		if st.Disk != replication.UpToDate && st.PDsk != replication.UpToDate {
+			return fmt.Errorf("%s: %w (local disk %s, peer %s)", r.name, errNoUpToDateData, st.Disk, st.PDsk)
 		}
 		r.nbdClients.Add(1)
 		var once sync.Once

@@ -120,6 +120,7 @@ type session struct {
 	pending        map[uint64]*peerReq
 	nextID         uint64
 	tl             []*tlEpoch
+	reads          map[uint64]*readReq
 	closed         bool
 	lastBarrierAck uint32
 
@@ -277,8 +278,14 @@ func (s *session) teardown(err error) {
 	s.pending = map[uint64]*peerReq{}
 	tl := s.tl
 	s.tl = nil
+	reads := s.reads
+	s.reads = nil
 	s.barrierCond.Broadcast()
 	s.pmu.Unlock()
+	for _, q := range reads {
+		q.err = errPeerLost
+		close(q.done)
+	}
 	ld := r.ldev.Load()
 	marked := int64(0)
 	for _, e := range tl {
@@ -546,7 +553,13 @@ func (s *session) gotMeta(cmd protocol.Cmd, payload []byte) error {
 		case s.stateReply <- replication.Result(rep.Result):
 		default:
 		}
-	case protocol.PNegDReply, protocol.PDelayProbe, protocol.PRSCancel, protocol.PSuperseded, protocol.PRetryWrite, protocol.PConnStChgReply:
+	case protocol.PNegDReply:
+		var a protocol.BlockAck
+		if err := a.Unmarshal(payload); err != nil {
+			return protoErr("%s: %v", cmd, err)
+		}
+		s.gotNegDReply(a)
+	case protocol.PDelayProbe, protocol.PRSCancel, protocol.PSuperseded, protocol.PRetryWrite, protocol.PConnStChgReply:
 		// Not used with a single Primary and a local disk; tolerate.
 	default:
 		return protoErr("unexpected %s (0x%04x) on the meta socket", cmd, uint16(cmd))
