@@ -307,6 +307,11 @@ func (ld *localDisk) setAllOutOfSync() error {
 func (ld *localDisk) flushBitmap() error {
 	ld.mu.Lock()
 	defer ld.mu.Unlock()
+	n := len(ld.md.Bitmap().DirtyPages())
+	if n == 0 {
+		return nil
+	}
+	ld.io.bmWrites.Add(uint64(n))
 	return ld.md.FlushBitmap()
 }
 

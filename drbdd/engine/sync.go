@@ -30,23 +30,35 @@ type syncState struct {
 	sem chan struct{}
 
 	// mu guards everything below.
-	mu        sync.Mutex
-	planner   *resync.Planner
-	ctrl      *resync.Controller
-	marks     *resync.Marks
-	total     uint64
-	started   time.Time
-	finished  bool
-	equal     uint64 // blocks found equal by checksum
+	mu       sync.Mutex
+	planner  *resync.Planner
+	ctrl     *resync.Controller
+	marks    *resync.Marks
+	total    uint64
+	started  time.Time
+	finished bool
+	equal    uint64 // blocks found equal by checksum
+	// requested maps each outstanding resync request's sector to whether
+	// an application write replaced its blocks meanwhile (then the reply
+	// is older than our data and must not be written).
+	requested map[uint64]*rsRequest
 	verify    *verifyRun
 	stopped   bool
 	bytesSent uint64
 }
 
+// rsRequest is an outstanding resync request on the SyncTarget.
+type rsRequest struct {
+	size       uint32
+	superseded bool
+}
+
 // verifyRun is an online verify this node started (VerifyS).
 type verifyRun struct {
-	v     *resync.Verifier
-	alg   string
+	v   *resync.Verifier
+	alg string
+	// mine holds our digest of each outstanding request, by sector.
+	mine  map[uint64][]byte
 	marks *resync.Marks
 	start time.Time
 }
@@ -161,11 +173,24 @@ func (s *session) resyncer() error {
 	tick := time.NewTicker(resync.SleepTime)
 	defer tick.Stop()
 	csums := s.c.conf.CsumsAlg
+	ticks := 0
 	for {
 		select {
 		case <-s.ctx.Done():
 			return nil
 		case <-tick.C:
+		}
+		if ticks++; ticks%10 == 0 {
+			// Persist progress about once a second, so that a restarted
+			// SyncTarget resumes instead of starting over. Data first:
+			// a bit must not be cleared on disk before its block is.
+			if ld := r.ldev.Load(); ld != nil {
+				if err := ld.dev.Sync(); err == nil {
+					if err := ld.flushBitmap(); err != nil {
+						r.logf("resync: writing the bitmap: %v", err)
+					}
+				}
+			}
 		}
 		st := r.State()
 		if st.Conn == replication.PausedSyncT {
@@ -181,8 +206,12 @@ func (s *session) resyncer() error {
 		}
 		reqs := y.planner.Next(y.ctrl.Tick())
 		var blocks uint64
+		if y.requested == nil {
+			y.requested = map[uint64]*rsRequest{}
+		}
 		for _, q := range reqs {
 			blocks += q.Blocks()
+			y.requested[q.Sector] = &rsRequest{size: q.Size}
 		}
 		y.ctrl.Issued(blocks)
 		y.marks.Advance(time.Now(), y.planner.Progress().Left)
@@ -265,9 +294,14 @@ func (y *syncState) gotData(d protocol.Data) error {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		r.io.local.Add(1)
-		err := localWrite(ld.dev, writeData, buf, off, n, false)
-		r.io.local.Add(-1)
+		var err error
+		// A reply older than an application write to the same blocks is
+		// dropped: our data is newer (and already on the peer).
+		if !y.takeRequest(d.Sector) {
+			r.io.local.Add(1)
+			err = localWrite(ld.dev, writeData, buf, off, n, false)
+			r.io.local.Add(-1)
+		}
 		r.io.writes.release(lr)
 		putBuf(buf)
 		s.peerBuffers.release(n)
@@ -351,11 +385,13 @@ func (y *syncState) serveRequest(cmd protocol.Cmd, rq protocol.BlockReq) error {
 	case <-s.ctx.Done():
 		return nil
 	}
+	// Owned here, in arrival order: the read then sees exactly the writes
+	// that came before the request on the wire.
+	lr := r.io.writes.acquire(off, n)
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		defer func() { <-y.sem }()
-		lr := r.io.writes.acquire(off, n)
 		buf := getBuf(int(n))
 		r.io.local.Add(1)
 		_, err := ld.dev.ReadAt(buf, off)
@@ -413,6 +449,23 @@ func (y *syncState) applicationWrote(off, n int64) {
 	if y.planner != nil {
 		y.planner.ApplicationWrote(uint64(off), uint64(n))
 	}
+	for sector, q := range y.requested {
+		if so := int64(sector) * 512; so < off+n && off < so+int64(q.size) {
+			q.superseded = true
+		}
+	}
+}
+
+// takeRequest forgets an outstanding request and reports whether an
+// application write superseded it.
+func (y *syncState) takeRequest(sector uint64) (superseded bool) {
+	y.mu.Lock()
+	defer y.mu.Unlock()
+	if q, ok := y.requested[sector]; ok {
+		delete(y.requested, sector)
+		return q.superseded
+	}
+	return false
 }
 
 // peerStateChanged adjusts our state to the peer's new state during a
@@ -578,7 +631,7 @@ func (r *Resource) StartVerify(ctx context.Context, startSector uint64) error {
 		}
 		y := s.syncFor(protocol.POVRequest)
 		y.mu.Lock()
-		y.verify = &verifyRun{v: v, alg: s.c.conf.VerifyAlg, marks: resync.NewMarks(time.Now(), v.Progress().Left), start: time.Now()}
+		y.verify = &verifyRun{v: v, alg: s.c.conf.VerifyAlg, mine: map[uint64][]byte{}, marks: resync.NewMarks(time.Now(), v.Progress().Left), start: time.Now()}
 		y.mu.Unlock()
 		if err := r.setState(ns, true); err != nil {
 			return err
@@ -611,8 +664,23 @@ func (s *session) verifier() error {
 		reqs := v.v.Next(perTick)
 		y.mu.Unlock()
 		for _, q := range reqs {
-			if !s.queuePayload(protocol.POVRequest, &protocol.BlockReq{Sector: q.Sector, BlockID: protocol.BlockIDSyncer, BlkSize: q.Size}) {
-				return nil
+			// Our digest is taken under the range lock and the request
+			// sent before it is released: a write to these blocks then
+			// reaches the peer either before the request (both digests
+			// include it) or after it (neither does).
+			off, n := int64(q.Sector)*512, int64(q.Size)
+			lr := r.io.writes.acquire(off, n)
+			d, err := y.localDigest(v.alg, off, n)
+			if err == nil {
+				y.mu.Lock()
+				v.mine[q.Sector] = d
+				y.mu.Unlock()
+				br := protocol.BlockReq{Sector: q.Sector, BlockID: protocol.BlockIDSyncer, BlkSize: q.Size}
+				err = s.dataW.send(protocol.POVRequest, br.MarshalAppend(nil))
+			}
+			r.io.writes.release(lr)
+			if err != nil {
+				return fmt.Errorf("verify: %w", err)
 			}
 		}
 	}
@@ -629,9 +697,12 @@ func (y *syncState) gotOVReply(rq protocol.BlockReq) error {
 		return protoErr("P_OV_REPLY without a verify run")
 	}
 	off, n := int64(rq.Sector)*512, int64(rq.BlkSize)
-	mine, err := y.localDigest(v.alg, off, n)
-	if err != nil {
-		return fmt.Errorf("verify read: %w", err)
+	y.mu.Lock()
+	mine, ok := v.mine[rq.Sector]
+	delete(v.mine, rq.Sector)
+	y.mu.Unlock()
+	if !ok {
+		return protoErr("P_OV_REPLY for sector %d that was not requested", rq.Sector)
 	}
 	inSync := bytes.Equal(mine, rq.Digest)
 	id := protocol.BlockIDInSync
