@@ -29,10 +29,11 @@ func TestReplicationWritesReachBothDisks(t *testing.T) {
 			MustRun(t, time.Minute, "qemu-io", "-f", "raw",
 				"-c", "write -P 0x5a 100k 3k", // unaligned: read-modify-write of partial sectors
 				"-c", "write -P 0x6b 1000 17",
+				"-c", "write -P 0x77 40M 8M", // larger than one packet: split into 1 MiB P_DATA
 				"-c", "write -z 50M 1M",
 				"-c", "discard 52M 1M",
 				"-c", "flush",
-				"-c", "read -P 0x5a 100k 3k", "-c", "read -P 0x6b 1000 17", "-c", "read -P 0 50M 1M",
+				"-c", "read -P 0x5a 100k 3k", "-c", "read -P 0x6b 1000 17", "-c", "read -P 0 50M 1M", "-c", "read -P 0x77 40M 8M",
 				uri)
 			// The status file shows the peer, and every write was sent.
 			st := p.A.ReadStatus()

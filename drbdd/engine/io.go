@@ -9,6 +9,7 @@ import (
 	"drbdd/drbdd/bdev"
 	"drbdd/drbdd/replication"
 	"drbdd/nbd"
+	"drbdd/protocol"
 )
 
 // Counters are the /proc/drbd counters. Byte counters are in bytes here and
@@ -240,11 +241,30 @@ func (r *Resource) writePartialSector(ld *localDisk, kind writeKind, p []byte, o
 	return r.writeLocked(ld, writeData, buf, start, sect, fua)
 }
 
-// writeRange writes a sector-aligned range.
+// maxWriteChunk is the largest write replicated as one packet: DRBD's
+// maximum bio size, beyond which a peer refuses P_DATA.
+const maxWriteChunk = protocol.MaxBioSize
+
+// writeRange writes a sector-aligned range, in chunks of at most one
+// packet each (a client may write up to 32 MiB at once).
 func (r *Resource) writeRange(ld *localDisk, kind writeKind, p []byte, off, length int64, fua bool) error {
-	lr := r.io.writes.acquire(off, length)
-	defer r.io.writes.release(lr)
-	return r.writeLocked(ld, kind, p, off, length, fua)
+	for length > 0 {
+		n := min(length, maxWriteChunk)
+		var chunk []byte
+		if kind == writeData {
+			chunk = p[:n]
+			p = p[n:]
+		}
+		lr := r.io.writes.acquire(off, n)
+		err := r.writeLocked(ld, kind, chunk, off, n, fua)
+		r.io.writes.release(lr)
+		if err != nil {
+			return err
+		}
+		off += n
+		length -= n
+	}
+	return nil
 }
 
 // writeLocked writes an owned, aligned range locally and to the peer in

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"drbdd/drbdd/meta"
@@ -194,7 +195,9 @@ func (s *session) handshake() error {
 	d := meta.SyncHandshake(in)
 	r.logf("%s: uuid_compare()=%d by rule %d (%s)", c.peerName, int(d.Compare), d.Rule.Nr, d.Rule.Desc)
 	for _, l := range d.Log {
-		r.logf("%s: %s", c.peerName, l)
+		if !strings.HasPrefix(l, "uuid_compare()") { // logged above, with the rule's meaning
+			r.logf("%s: %s", c.peerName, l)
+		}
 	}
 	ld := r.ldev.Load()
 	if ld == nil {
