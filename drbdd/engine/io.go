@@ -248,6 +248,22 @@ const maxWriteChunk = protocol.MaxBioSize
 // writeRange writes a sector-aligned range, in chunks of at most one
 // packet each (a client may write up to 32 MiB at once).
 func (r *Resource) writeRange(ld *localDisk, kind writeKind, p []byte, off, length int64, fua bool) error {
+	one := func(p []byte, off, n int64) error {
+		lr := r.io.writes.acquire(off, n)
+		defer r.io.writes.release(lr)
+		return r.writeLocked(ld, kind, p, off, n, fua)
+	}
+	if length <= maxWriteChunk {
+		return one(p, off, length)
+	}
+	// The chunks are disjoint, so they may proceed in parallel: a large
+	// discard or zeroing then costs a few round trips, not one per MiB.
+	var (
+		wg    sync.WaitGroup
+		sem   = make(chan struct{}, writeChunksInFlight)
+		mu    sync.Mutex // guards first
+		first error
+	)
 	for length > 0 {
 		n := min(length, maxWriteChunk)
 		var chunk []byte
@@ -255,17 +271,29 @@ func (r *Resource) writeRange(ld *localDisk, kind writeKind, p []byte, off, leng
 			chunk = p[:n]
 			p = p[n:]
 		}
-		lr := r.io.writes.acquire(off, n)
-		err := r.writeLocked(ld, kind, chunk, off, n, fua)
-		r.io.writes.release(lr)
-		if err != nil {
-			return err
-		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func(chunk []byte, off, n int64) {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := one(chunk, off, n); err != nil {
+				mu.Lock()
+				if first == nil {
+					first = err
+				}
+				mu.Unlock()
+			}
+		}(chunk, off, n)
 		off += n
 		length -= n
 	}
-	return nil
+	wg.Wait()
+	return first
 }
+
+// writeChunksInFlight bounds the chunks of one large request replicated
+// at once.
+const writeChunksInFlight = 8
 
 // writeLocked writes an owned, aligned range locally and to the peer in
 // parallel, and returns when both are done (protocol C), when the peer

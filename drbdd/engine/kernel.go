@@ -12,9 +12,12 @@ import (
 	"drbdd/netlink"
 )
 
-// kernelConns is how many sockets a kernel device gets: the kernel spreads
-// requests over them, which helps with a multi-queue block layer.
-const kernelConns = 2
+// kernelConns is how many sockets a kernel device gets. One: with several,
+// the kernel marks a socket dead when any request on it outlives the block
+// layer's 30 s timeout (a large discard on a slow disk, a peer that takes
+// long to ack) and fails I/O once all are dead; with one socket and no
+// request timeout it waits, which is what a replicated disk must do.
+const kernelConns = 1
 
 // kernelTimeout bounds attaching and detaching a kernel device.
 const kernelTimeout = 30 * time.Second
