@@ -88,7 +88,7 @@ var defaults = map[string]any{
 	"net.timeout":        "6s",
 	"net.connect-int":    "10s",
 	"net.ko-count":       7,
-	"net.max-buffers":    2048,
+	"net.max-buffers":    8192,
 	"net.max-epoch-size": 2048,
 	"net.after-sb-0pri":  "disconnect",
 	"net.after-sb-1pri":  "disconnect",

@@ -28,6 +28,8 @@ type syncState struct {
 	peerUUIDs meta.UUIDs
 	// sem bounds the disk reads served to the peer at once.
 	sem chan struct{}
+	// wake tells the SyncTarget's request loop that a reply freed room.
+	wake chan struct{}
 
 	// mu guards everything below.
 	mu       sync.Mutex
@@ -67,7 +69,7 @@ type verifyRun struct {
 const serveParallel = 64
 
 func newSyncState(s *session, target bool, peerUUIDs meta.UUIDs) *syncState {
-	return &syncState{s: s, target: target, peerUUIDs: peerUUIDs, sem: make(chan struct{}, serveParallel)}
+	return &syncState{s: s, target: target, peerUUIDs: peerUUIDs, sem: make(chan struct{}, serveParallel), wake: make(chan struct{}, 1)}
 }
 
 // syncFor returns the session's sync state, creating a serving-only one
@@ -174,29 +176,32 @@ func (s *session) resyncer() error {
 	defer tick.Stop()
 	csums := s.c.conf.CsumsAlg
 	ticks := 0
+	budget := 0
+	// The requests in flight never exceed half of max-buffers (DRBD's
+	// bound), so the peer's receive buffers cannot run out.
+	maxInFlightBlocks := cmp.Or(int64(s.c.conf.MaxBuffers), defaultMaxBuffers) / 2
 	for {
+		refill := false
 		select {
 		case <-s.ctx.Done():
 			return nil
 		case <-tick.C:
-		}
-		if ticks++; ticks%10 == 0 {
-			// Persist progress about once a second, so that a restarted
-			// SyncTarget resumes instead of starting over. Data first:
-			// a bit must not be cleared on disk before its block is.
-			if ld := r.ldev.Load(); ld != nil {
-				if err := ld.dev.Sync(); err == nil {
-					if err := ld.flushBitmap(); err != nil {
-						r.logf("resync: writing the bitmap: %v", err)
-					}
-				}
+		case <-y.wake:
+			refill = true
+			if budget <= 0 {
+				continue
 			}
 		}
-		st := r.State()
-		if st.Conn == replication.PausedSyncT {
-			continue
+		if !refill {
+			if ticks++; ticks%10 == 0 {
+				y.persistProgress()
+			}
 		}
-		if st.Conn != replication.SyncTarget {
+		switch st := r.State(); st.Conn {
+		case replication.PausedSyncT:
+			continue
+		case replication.SyncTarget:
+		default:
 			return nil
 		}
 		y.mu.Lock()
@@ -204,7 +209,16 @@ func (s *session) resyncer() error {
 			y.mu.Unlock()
 			return nil
 		}
-		reqs := y.planner.Next(y.ctrl.Tick())
+		if refill {
+			budget = max(budget, 0)
+		} else {
+			budget = y.ctrl.Tick()
+		}
+		// The controller grants a budget per 100 ms tick; it is spent as
+		// in-flight room frees up, so a fast link is not held to one
+		// burst per tick.
+		room := int(maxInFlightBlocks) - int(y.planner.Progress().InFlightBits)
+		reqs := y.planner.Next(min(budget, max(room, 0)))
 		var blocks uint64
 		if y.requested == nil {
 			y.requested = map[uint64]*rsRequest{}
@@ -213,6 +227,7 @@ func (s *session) resyncer() error {
 			blocks += q.Blocks()
 			y.requested[q.Sector] = &rsRequest{size: q.Size}
 		}
+		budget -= int(blocks)
 		y.ctrl.Issued(blocks)
 		y.marks.Advance(time.Now(), y.planner.Progress().Left)
 		done := y.planner.Finished()
@@ -232,6 +247,23 @@ func (s *session) resyncer() error {
 		if done {
 			return r.act(s.ctx, func() error { return y.finishLocked() })
 		}
+	}
+}
+
+// persistProgress writes the SyncTarget's bitmap, about once a second, so
+// that a restarted resync resumes instead of starting over. Data first: a
+// bit must not be cleared on disk before its block is.
+func (y *syncState) persistProgress() {
+	r := y.s.r
+	ld := r.ldev.Load()
+	if ld == nil {
+		return
+	}
+	if err := ld.dev.Sync(); err != nil {
+		return
+	}
+	if err := ld.flushBitmap(); err != nil {
+		r.logf("resync: writing the bitmap: %v", err)
 	}
 }
 
@@ -283,16 +315,26 @@ func (y *syncState) gotData(d protocol.Data) error {
 	if off < 0 || n <= 0 || off+n > ld.size {
 		return protoErr("resync data of %d bytes at sector %d beyond the device", n, d.Sector)
 	}
-	buf := getBuf(int(n))
-	copy(buf, d.Payload)
+	// On a page-cache backed disk a write is a memory copy, and parallel
+	// buffered writes to one file only contend for its lock: write in
+	// arrival order, here, straight from the receive buffer. Direct I/O
+	// devices get their writes in parallel.
+	inline := !ld.direct()
+	buf := d.Payload
+	if !inline {
+		buf = getBuf(int(n))
+		copy(buf, d.Payload)
+	}
 	lr := r.io.writes.acquire(off, n)
 	if err := s.peerBuffers.acquire(s.ctx, n); err != nil {
 		r.io.writes.release(lr)
-		putBuf(buf)
+		if !inline {
+			putBuf(buf)
+		}
 		return nil
 	}
 	s.wg.Add(1)
-	go func() {
+	apply := func() {
 		defer s.wg.Done()
 		var err error
 		// A reply older than an application write to the same blocks is
@@ -303,7 +345,9 @@ func (y *syncState) gotData(d protocol.Data) error {
 			r.io.local.Add(-1)
 		}
 		r.io.writes.release(lr)
-		putBuf(buf)
+		if !inline {
+			putBuf(buf)
+		}
 		s.peerBuffers.release(n)
 		ack := protocol.BlockAck{Sector: d.Sector, BlockID: d.BlockID, BlkSize: uint32(n)}
 		outcome := resync.Synced
@@ -319,7 +363,12 @@ func (y *syncState) gotData(d protocol.Data) error {
 		} else {
 			s.sendMeta(protocol.PNegAck, &ack)
 		}
-	}()
+	}
+	if inline {
+		apply()
+	} else {
+		go apply()
+	}
 	return nil
 }
 
@@ -334,6 +383,10 @@ func (y *syncState) complete(sector uint64, size uint32, o resync.Outcome) {
 		y.s.r.logf("resync: %v", err)
 	}
 	y.ctrl.Received(uint64(size) / 512)
+	select {
+	case y.wake <- struct{}{}:
+	default:
+	}
 }
 
 // gotAck handles resync acks arriving on the meta socket.
