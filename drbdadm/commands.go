@@ -223,10 +223,7 @@ func statusCmd(o *opts) *cobra.Command {
 		Short: "show resource status (DRBD 9 layout)",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			res := ""
-			if len(args) == 1 && args[0] != "all" {
-				res = args[0]
-			}
+			res := optionalResource(args)
 			c, err := o.dial()
 			if err != nil {
 				return err
@@ -297,10 +294,7 @@ func eventsCmd(o *opts) *cobra.Command {
 		Short: "stream state changes",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			res := ""
-			if len(args) == 1 && args[0] != "all" {
-				res = args[0]
-			}
+			res := optionalResource(args)
 			c, err := o.dial()
 			if err != nil {
 				return err
@@ -425,4 +419,13 @@ func sortedHosts(r *config.Resource) []string {
 		names[0], names[1] = names[1], names[0]
 	}
 	return names
+}
+
+// optionalResource maps the optional <resource|all> argument of status and
+// events to a resource name, "" meaning every resource.
+func optionalResource(args []string) string {
+	if len(args) == 1 && args[0] != "all" {
+		return args[0]
+	}
+	return ""
 }

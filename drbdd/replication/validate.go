@@ -1,75 +1,45 @@
 package replication
 
-import "fmt"
+import (
+	"fmt"
 
-// Result is a state change result code, numbered as DRBD's enum
-// drbd_state_rv: positive means success, negative names the rule that
-// refused the change.
-type Result int
+	"drbdd/protocol"
+)
+
+// Result is a state change result code, DRBD's enum drbd_state_rv as the
+// wire protocol defines it (P_STATE_CHG_REPLY carries it): positive means
+// success, negative names the rule that refused the change. Its String
+// is DRBD's text.
+type Result = protocol.StateChangeResult
 
 // State change results.
 const (
-	SSCWNoNeed          Result = 4
-	SSCWSuccess         Result = 3
-	SSNothingToDo       Result = 2
-	SSSuccess           Result = 1
-	SSUnknownError      Result = 0
-	SSTwoPrimaries      Result = -1
-	SSNoUpToDateDisk    Result = -2
-	SSNoLocalDisk       Result = -4
-	SSNoRemoteDisk      Result = -5
-	SSConnectedOutdates Result = -6
-	SSPrimaryNOP        Result = -7
-	SSResyncRunning     Result = -8
-	SSAlreadyStandAlone Result = -9
-	SSCWFailedByPeer    Result = -10
-	SSIsDiskless        Result = -11
-	SSDeviceInUse       Result = -12
-	SSNoNetConfig       Result = -13
-	SSNoVerifyAlg       Result = -14
-	SSNeedConnection    Result = -15
-	SSLowerThanOutdated Result = -16
-	SSNotSupported      Result = -17
-	SSInTransientState  Result = -18
-	SSConcurrentStChg   Result = -19
-	SSOVolPeerPri       Result = -20
-	SSOutdateWOConn     Result = -21
+	SSCWNoNeed          = protocol.SSCWNoNeed
+	SSCWSuccess         = protocol.SSCWSuccess
+	SSNothingToDo       = protocol.SSNothingToDo
+	SSSuccess           = protocol.SSSuccess
+	SSUnknownError      = protocol.SSUnknownError
+	SSTwoPrimaries      = protocol.SSTwoPrimaries
+	SSNoUpToDateDisk    = protocol.SSNoUpToDateDisk
+	SSNoLocalDisk       = protocol.SSNoLocalDisk
+	SSNoRemoteDisk      = protocol.SSNoRemoteDisk
+	SSConnectedOutdates = protocol.SSConnectedOutdates
+	SSPrimaryNOP        = protocol.SSPrimaryNOP
+	SSResyncRunning     = protocol.SSResyncRunning
+	SSAlreadyStandAlone = protocol.SSAlreadyStandAlone
+	SSCWFailedByPeer    = protocol.SSCWFailedByPeer
+	SSIsDiskless        = protocol.SSIsDiskless
+	SSDeviceInUse       = protocol.SSDeviceInUse
+	SSNoNetConfig       = protocol.SSNoNetConfig
+	SSNoVerifyAlg       = protocol.SSNoVerifyAlg
+	SSNeedConnection    = protocol.SSNeedConnection
+	SSLowerThanOutdated = protocol.SSLowerThanOutdated
+	SSNotSupported      = protocol.SSNotSupported
+	SSInTransientState  = protocol.SSInTransientState
+	SSConcurrentStChg   = protocol.SSConcurrentStChg
+	SSOVolPeerPri       = protocol.SSOtherVolPeerPrimary
+	SSOutdateWOConn     = protocol.SSOutdateWithoutConn
 )
-
-var resultText = map[Result]string{
-	SSCWNoNeed:          "Cluster wide state change not necessary",
-	SSCWSuccess:         "Cluster wide state change successful",
-	SSNothingToDo:       "State change not necessary",
-	SSSuccess:           "Success",
-	SSUnknownError:      "Unknown error",
-	SSTwoPrimaries:      "Multiple primaries not allowed by config",
-	SSNoUpToDateDisk:    "Need access to UpToDate data",
-	SSNoLocalDisk:       "Can not resync without local disk",
-	SSNoRemoteDisk:      "Can not resync without remote disk",
-	SSConnectedOutdates: "Refusing to be Outdated while Connected",
-	SSPrimaryNOP:        "Refusing to be Primary while peer is not outdated",
-	SSResyncRunning:     "Can not start OV/resync since it is already active",
-	SSAlreadyStandAlone: "Can not disconnect a StandAlone device",
-	SSCWFailedByPeer:    "State change was refused by peer node",
-	SSIsDiskless:        "Device is diskless, the requested operation requires a disk",
-	SSDeviceInUse:       "Device is held open by someone",
-	SSNoNetConfig:       "Have no net/connection configuration",
-	SSNoVerifyAlg:       "Need a verify algorithm to start online verify",
-	SSNeedConnection:    "Need a connection to start verify or resync",
-	SSLowerThanOutdated: "Disk state is lower than outdated",
-	SSNotSupported:      "Peer does not support protocol",
-	SSInTransientState:  "In transient state, retry after next state change",
-	SSConcurrentStChg:   "Concurrent state changes detected and aborted",
-	SSOVolPeerPri:       "Other vol primary on peer not allowed by config",
-	SSOutdateWOConn:     "Need a connection for a graceful disconnect/outdate peer",
-}
-
-func (r Result) String() string {
-	if s, ok := resultText[r]; ok {
-		return s
-	}
-	return fmt.Sprintf("state change result %d", int(r))
-}
 
 // StateError is a refused state change. Its text is what drbdsetup prints:
 // "State change failed: (-2) Need access to UpToDate data".
