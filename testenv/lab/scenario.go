@@ -447,6 +447,8 @@ func (s *scenario) fsckAndMount(v *VM) error {
 // checkResync records v's resync and fails if it received more than the
 // activity log can cover plus what the survivor wrote meanwhile.
 func (s *scenario) checkResync(v *VM, why string, took time.Duration) error {
+	// The status file follows the counters within a second.
+	time.Sleep(1100 * time.Millisecond)
 	status, err := s.sh(v, "cat /run/drbdd/status")
 	if err != nil {
 		return err
@@ -516,12 +518,16 @@ func RunScenario(ctx context.Context, l *Lab, o ScenarioOptions) (*ScenarioRepor
 func (s *scenario) summary() {
 	w := s.o.Out
 	fmt.Fprintln(w, "\nsteps:")
+	width := 0
+	for _, st := range s.rep.Steps {
+		width = max(width, len(st.Name))
+	}
 	for i, st := range s.rep.Steps {
 		mark := "ok"
 		if st.Err != nil {
 			mark = "FAILED"
 		}
-		fmt.Fprintf(w, "  %2d %-66s %9v  %s\n", i+1, st.Name, st.Duration.Round(10*time.Millisecond), mark)
+		fmt.Fprintf(w, "  %2d %-*s %9v  %s\n", i+1, width, st.Name, st.Duration.Round(10*time.Millisecond), mark)
 	}
 	fmt.Fprintln(w, "measured:")
 	for _, v := range s.l.VMs {
@@ -584,7 +590,16 @@ func (s *scenario) setup() error {
 // refused demotion, a running load and the status of every node.
 func (s *scenario) fill(a *VM) error {
 	if err := s.step("mkfs.ext4 /dev/nbd0 and mount /mnt/r0 on "+a.Name(), func() error {
-		_, err := s.sh(a, "mkfs.ext4 -q -F /dev/nbd0 && mkdir -p /mnt/r0 && mount -t ext4 /dev/nbd0 /mnt/r0")
+		// drbdd offers FLUSH and FUA: the kernel must pass both on
+		// rather than emulate FUA with flushes or drop them.
+		q, err := s.sh(a, "cat /sys/block/nbd0/queue/write_cache /sys/block/nbd0/queue/fua")
+		if err != nil {
+			return err
+		}
+		if f := strings.Split(strings.TrimSpace(q), "\n"); len(f) != 2 || f[0] != "write back" || f[1] != "1" {
+			return fmt.Errorf("/dev/nbd0: write_cache, fua = %q, want \"write back\", 1", f)
+		}
+		_, err = s.sh(a, "mkfs.ext4 -q -F /dev/nbd0 && mkdir -p /mnt/r0 && mount -t ext4 /dev/nbd0 /mnt/r0")
 		return err
 	}); err != nil {
 		return err
@@ -704,6 +719,7 @@ func (s *scenario) runPair() error {
 			return err
 		}
 		s.rep.InitialSync = time.Since(syncStart)
+		time.Sleep(1100 * time.Millisecond) // the status file's refresh
 		st, _ := s.sh(b, "cat /run/drbdd/status")
 		s.logf("%s received %d KiB in %v (since primary --force)", b.Name(), fieldInt(st, "nr:"), s.rep.InitialSync.Round(time.Millisecond))
 		return nil

@@ -1,0 +1,221 @@
+package lab
+
+// Tests of the lab's host-side logic that need no VM: they run in the fast
+// unit run.
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"drbdd/testenv/lab/agentproto"
+)
+
+func TestCompareVersions(t *testing.T) {
+	names := []string{
+		"linux-image-6.1.0-9-cloud-amd64",
+		"linux-image-6.1.0-47-cloud-amd64-unsigned",
+		"linux-image-6.1.0-47-cloud-amd64",
+		"linux-image-6.12.9+deb12-cloud-amd64",
+		"linux-image-6.12.117+deb12-cloud-amd64",
+		"linux-image-6.12.117+deb12-cloud-amd64-unsigned",
+		"linux-image-6.12.100+deb12-cloud-amd64",
+	}
+	if got := pickNewest(names); got != "linux-image-6.12.117+deb12-cloud-amd64" {
+		t.Fatalf("pickNewest = %q", got)
+	}
+	if got := pickNewest(nil); got != "" {
+		t.Fatalf("pickNewest(nil) = %q", got)
+	}
+	tests := []struct {
+		a, b string
+		want int
+	}{
+		{"6.1.0-9", "6.1.0-47", -1},
+		{"6.12.117+deb12", "6.1.0-56", 1},
+		{"6.12.117+deb12", "6.12.117+deb12", 0},
+		{"6.12.9+deb12", "6.12.100+deb12", -1},
+	}
+	for _, tt := range tests {
+		if got := compareVersions(tt.a, tt.b); got != tt.want {
+			t.Errorf("compareVersions(%q, %q) = %d, want %d", tt.a, tt.b, got, tt.want)
+		}
+	}
+	if v := kernelVersionOf("linux-image-6.12.117+deb12-cloud-amd64-unsigned"); v != "6.12.117+deb12" {
+		t.Errorf("kernelVersionOf = %q", v)
+	}
+}
+
+func TestModuleNames(t *testing.T) {
+	for in, want := range map[string]string{
+		"kernel/drivers/block/nbd.ko.xz":       "nbd",
+		"kernel/lib/lru_cache.ko":              "lru_cache",
+		"kernel/drivers/net/virtio-net.ko.zst": "virtio_net",
+	} {
+		if got := moduleName(in); got != want {
+			t.Errorf("moduleName(%q) = %q, want %q", in, got, want)
+		}
+	}
+	p := filepath.Join(t.TempDir(), "modules.dep")
+	os.WriteFile(p, []byte("kernel/drivers/block/drbd/drbd.ko.xz: kernel/lib/lru_cache.ko.xz kernel/lib/libcrc32c.ko.xz\nkernel/lib/lru_cache.ko.xz:\n"), 0o644)
+	deps, err := readModulesDep(p)
+	if err != nil || len(deps) != 2 || len(deps["kernel/drivers/block/drbd/drbd.ko.xz"]) != 2 {
+		t.Fatalf("readModulesDep = %v, %v", deps, err)
+	}
+}
+
+func TestScenarioHelpers(t *testing.T) {
+	y := ResourceYAML([]string{"a", "b"}, 16)
+	if strings.Contains(ResourceYAML([]string{"a", "b"}, 0), "al-extents") {
+		t.Errorf("ResourceYAML(0) sets al-extents")
+	}
+	for _, want := range []string{"resource: r0\n", "protocol: C\n", "device: /dev/nbd0\n", "disk:\n  al-extents: 16\n", "  a:\n    address: 10.99.0.1:7789\n", "  b:\n    address: 10.99.0.2:7789\n    disk: /dev/vda\n"} {
+		if !strings.Contains(y, want) {
+			t.Errorf("resource file lacks %q:\n%s", want, y)
+		}
+	}
+	for cs, want := range map[string]bool{"Connected": true, "SyncSource": true, "PausedSyncT": true, "WFBitMapS": true,
+		"WFConnection": false, "StandAlone": false, "NetworkFailure": false, "": false} {
+		if isConnected(cs) != want {
+			t.Errorf("isConnected(%q) = %v", cs, !want)
+		}
+	}
+	st := " 0: cs:Connected ro:Secondary/Primary ds:UpToDate/UpToDate C r-----\n    ns:0 nr:1234 dw:5 dr:0"
+	if n := fieldInt(st, "nr:"); n != 1234 {
+		t.Errorf("fieldInt(nr) = %d", n)
+	}
+	if n := fieldInt(st, "xx:"); n != -1 {
+		t.Errorf("fieldInt(missing) = %d", n)
+	}
+}
+
+// fakeAgent serves the agent protocol on a Unix socket: "echo X" answers
+// X, "sleep" never answers until killed, and every answer is preceded by
+// a stale response that the client must ignore.
+func fakeAgent(t *testing.T, path string) {
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		var mu sync.Mutex
+		send := func(r agentproto.Response) {
+			b, _ := json.Marshal(r)
+			mu.Lock()
+			c.Write(append(b, '\n'))
+			mu.Unlock()
+		}
+		sleeping := map[string]bool{}
+		sc := bufio.NewScanner(c)
+		for sc.Scan() {
+			var req agentproto.Request
+			if err := json.Unmarshal(sc.Bytes(), &req); err != nil {
+				t.Errorf("bad request line %q", sc.Text())
+				return
+			}
+			send(agentproto.Response{ID: "old-connection-1", Stdout: []byte("stale")})
+			switch {
+			case req.Kill:
+				if sleeping[req.ID] {
+					send(agentproto.Response{ID: req.ID, Code: 137})
+				}
+			case req.Cmd == "":
+				send(agentproto.Response{ID: req.ID})
+			case req.Cmd == "sleep":
+				sleeping[req.ID] = true
+			case strings.HasPrefix(req.Cmd, "echo "):
+				send(agentproto.Response{ID: req.ID, Stdout: []byte(strings.TrimPrefix(req.Cmd, "echo ") + "\n"), Stderr: req.Stdin})
+			case req.Cmd == "fail":
+				send(agentproto.Response{ID: req.ID, Code: -1, Err: "exec: no such file"})
+			default:
+				send(agentproto.Response{ID: req.ID, Code: 3})
+			}
+		}
+	}()
+}
+
+func TestAgentClient(t *testing.T) {
+	dir := t.TempDir()
+	fakeAgent(t, filepath.Join(dir, agentSocket))
+	// A VM "booted by another process": its pid file names a live
+	// process (this one).
+	st, _ := json.Marshal(vmState{Config: VMConfig{Name: "x", Dir: dir}})
+	os.WriteFile(filepath.Join(dir, stateFile), st, 0o644)
+	os.WriteFile(filepath.Join(dir, pidFile), []byte(strconv.Itoa(os.Getpid())), 0o644)
+	v, err := OpenVM(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	ctx := context.Background()
+
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out, code, err := v.Run(ctx, fmt.Sprintf("echo %d", i))
+			if err != nil || code != 0 || out != fmt.Sprintf("%d\n", i) {
+				t.Errorf("Run(echo %d) = %q, %d, %v", i, out, code, err)
+			}
+		}()
+	}
+	wg.Wait()
+	r, err := v.Exec(ctx, "echo in", []byte("stdin"))
+	if err != nil || r.Stderr != "stdin" {
+		t.Fatalf("Exec with stdin = %+v, %v", r, err)
+	}
+	if _, code, err := v.Run(ctx, "exit 3"); err != nil || code != 3 {
+		t.Fatalf("exit status: %d, %v", code, err)
+	}
+	if _, code, err := v.Run(ctx, "fail"); err == nil || code != -1 || !strings.Contains(err.Error(), "no such file") {
+		t.Fatalf("unstartable command: %d, %v", code, err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	if _, _, err := v.Run(cctx, "sleep"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Run past its context: %v", err)
+	}
+	if _, code, err := v.Run(ctx, "echo after"); err != nil || code != 0 {
+		t.Fatalf("Run after a cancelled one: %d, %v", code, err)
+	}
+}
+
+func TestParseFio(t *testing.T) {
+	out := `fio: some warning
+{"fio version": "fio-3.33", "jobs": [{"jobname": "bench", "error": 0,
+ "write": {"io_bytes": 1, "bw_bytes": 1048576, "iops": 256.5, "lat_ns": {"min": 1, "mean": 3900000.0}}}]}`
+	iops, bw, lat, err := parseFio(out)
+	if err != nil || iops != 256.5 || bw != 1048576 || lat != 3900*time.Microsecond {
+		t.Errorf("parseFio = %v %v %v %v", iops, bw, lat, err)
+	}
+	if _, _, _, err := parseFio("fio: no JSON"); err == nil {
+		t.Errorf("parseFio accepted output without JSON")
+	}
+	c := drbdConf([]string{"a", "b"})
+	for _, want := range []string{"protocol C;", "on b {", "address 10.99.0.2:7789;", "disk /dev/vda;", "meta-disk internal;"} {
+		if !strings.Contains(c, want) {
+			t.Errorf("drbd.conf lacks %q:\n%s", want, c)
+		}
+	}
+}
