@@ -332,7 +332,7 @@ func (r *Resource) writeLocked(ld *localDisk, kind writeKind, p []byte, off, len
 		// Both sides hold these bytes now.
 		ld.clearFullBlocks(off, length)
 		if y := s.getSync(); y != nil && y.target {
-			y.applicationWrote(off, length)
+			y.localApplicationWrote(off, length)
 		}
 	}
 	s.writeCompleted()

@@ -51,8 +51,12 @@ type syncState struct {
 
 // rsRequest is an outstanding resync request on the SyncTarget.
 type rsRequest struct {
-	size       uint32
-	superseded bool
+	size uint32
+	// touched has a bit per 4 KiB block of the request that this node's
+	// own application wrote while the request was outstanding (only a
+	// promoted SyncTarget writes itself); full marks those it covered
+	// completely. Requests are at most 128 KiB, 32 blocks.
+	touched, full uint64
 }
 
 // verifyRun is an online verify this node started (VerifyS).
@@ -336,14 +340,26 @@ func (y *syncState) gotData(d protocol.Data) error {
 	s.wg.Add(1)
 	apply := func() {
 		defer s.wg.Done()
+		// Blocks our own application wrote since the request went out hold
+		// newer data than the reply: those are skipped. A block written
+		// only in part stays out of sync and is requested again.
+		touched, full := y.takeRequest(d.Sector)
 		var err error
-		// A reply older than an application write to the same blocks is
-		// dropped: our data is newer (and already on the peer).
-		if !y.takeRequest(d.Sector) {
-			r.io.local.Add(1)
-			err = localWrite(ld.dev, writeData, buf, off, n, false)
-			r.io.local.Add(-1)
+		r.io.local.Add(1)
+		for blk := int64(0); blk*4096 < n && err == nil; {
+			if touched&(1<<blk) != 0 {
+				blk++
+				continue
+			}
+			end := blk + 1
+			for end*4096 < n && touched&(1<<end) == 0 {
+				end++
+			}
+			lo, hi := blk*4096, min(end*4096, n)
+			err = localWrite(ld.dev, writeData, buf[lo:hi], off+lo, hi-lo, false)
+			blk = end
 		}
+		r.io.local.Add(-1)
 		r.io.writes.release(lr)
 		if !inline {
 			putBuf(buf)
@@ -358,6 +374,14 @@ func (y *syncState) gotData(d protocol.Data) error {
 			r.io.diskWrite.Add(uint64(n))
 		}
 		y.complete(d.Sector, uint32(n), outcome)
+		if partial := touched &^ full; partial != 0 && err == nil {
+			for blk := int64(0); blk*4096 < n; blk++ {
+				if partial&(1<<blk) != 0 {
+					ld.markOutOfSync(off+blk*4096, min(4096, n-blk*4096))
+					y.redirty(off+blk*4096, min(4096, n-blk*4096))
+				}
+			}
+		}
 		if err == nil {
 			s.sendMeta(protocol.PRSWriteAck, &ack)
 		} else {
@@ -495,30 +519,57 @@ func (y *syncState) serveRequest(cmd protocol.Cmd, rq protocol.BlockReq) error {
 }
 
 // applicationWrote tells the SyncTarget's planner that replicated writes
-// made these blocks identical on both sides.
+// made these blocks identical on both sides. Writes from the peer need
+// nothing more: they arrive on the same socket as resync replies, in the
+// order the peer produced them.
 func (y *syncState) applicationWrote(off, n int64) {
 	y.mu.Lock()
 	defer y.mu.Unlock()
 	if y.planner != nil {
 		y.planner.ApplicationWrote(uint64(off), uint64(n))
 	}
+}
+
+// localApplicationWrote records a write by this node's own application (a
+// promoted SyncTarget) against the resync requests still outstanding, so
+// that their replies do not overwrite it with older data.
+func (y *syncState) localApplicationWrote(off, n int64) {
+	y.applicationWrote(off, n)
+	y.mu.Lock()
+	defer y.mu.Unlock()
 	for sector, q := range y.requested {
-		if so := int64(sector) * 512; so < off+n && off < so+int64(q.size) {
-			q.superseded = true
+		so := int64(sector) * 512
+		for blk := int64(0); blk*4096 < int64(q.size); blk++ {
+			bs, be := so+blk*4096, so+min((blk+1)*4096, int64(q.size))
+			if bs < off+n && off < be {
+				q.touched |= 1 << blk
+				if off <= bs && be <= off+n {
+					q.full |= 1 << blk
+				}
+			}
 		}
 	}
 }
 
-// takeRequest forgets an outstanding request and reports whether an
-// application write superseded it.
-func (y *syncState) takeRequest(sector uint64) (superseded bool) {
+// takeRequest forgets an outstanding request and returns the blocks our
+// own application touched (and fully covered) while it was outstanding.
+func (y *syncState) takeRequest(sector uint64) (touched, full uint64) {
 	y.mu.Lock()
 	defer y.mu.Unlock()
 	if q, ok := y.requested[sector]; ok {
 		delete(y.requested, sector)
-		return q.superseded
+		return q.touched, q.full
 	}
-	return false
+	return 0, 0
+}
+
+// redirty puts a block back on the planner's list.
+func (y *syncState) redirty(off, n int64) {
+	y.mu.Lock()
+	defer y.mu.Unlock()
+	if y.planner != nil {
+		y.planner.Dirtied(uint64(off), uint64(n))
+	}
 }
 
 // peerStateChanged adjusts our state to the peer's new state during a
