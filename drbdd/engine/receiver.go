@@ -745,6 +745,7 @@ func (s *session) recvStateChgReq(rq protocol.ReqState) {
 	r := s.r
 	mask, val := rq.Mask.FromPeer(), rq.Val.FromPeer()
 	res := replication.SSSuccess
+	invalidate := false
 	err := r.act(s.ctx, func() error {
 		os := r.State()
 		ns := os
@@ -765,14 +766,14 @@ func (s *session) recvStateChgReq(rq protocol.ReqState) {
 			return nil
 		}
 		if mask.Disk != 0 && val.Disk == replication.Inconsistent {
-			// invalidate-remote from the peer: discard our data.
-			if err := r.invalidate(); err != nil {
-				var se *replication.StateError
-				if errors.As(err, &se) {
-					res = se.Result
-				} else {
-					res = replication.SSUnknownError
-				}
+			// invalidate-remote from the peer: discard our data, after
+			// the reply (invalidating ends this session).
+			if r.ldev.Load() == nil {
+				res = replication.SSIsDiskless
+			} else if os.Conn.IsSyncing() {
+				res = replication.SSResyncRunning
+			} else {
+				invalidate = true
 			}
 			return nil
 		}
@@ -789,6 +790,11 @@ func (s *session) recvStateChgReq(rq protocol.ReqState) {
 		res = replication.SSUnknownError
 	}
 	s.sendMeta(protocol.PStateChgReply, &protocol.ReqStateReply{Result: protocol.StateChangeResult(res)})
+	if invalidate {
+		if err := r.act(context.Background(), r.invalidate); err != nil {
+			r.logf("%s: invalidate requested by the peer: %v", s.c.peerName, err)
+		}
+	}
 }
 
 // clusterStateChange asks the peer to accept our new role before we take
