@@ -86,6 +86,9 @@ type VM struct {
 	cfg VMConfig
 	img Image
 
+	// dialMu serializes connecting to the agent (see agent).
+	dialMu sync.Mutex
+
 	// mu guards the fields below.
 	mu       sync.Mutex
 	cmd      *exec.Cmd     // qemu, if this process started it
@@ -321,6 +324,16 @@ func tailFile(path string, n int) string {
 func (v *VM) agent(ctx context.Context) (*agentClient, error) {
 	v.mu.Lock()
 	ag := v.ag
+	v.mu.Unlock()
+	if ag != nil {
+		return ag, nil
+	}
+	// One dial at a time: the VM's agent port takes a single connection,
+	// so a second concurrent dial would never be served.
+	v.dialMu.Lock()
+	defer v.dialMu.Unlock()
+	v.mu.Lock()
+	ag = v.ag
 	exited := v.exited
 	v.mu.Unlock()
 	if ag != nil {
