@@ -264,10 +264,13 @@ func (r *Resource) Attach(ctx context.Context, dc netlink.DiskConf) error {
 	})
 }
 
-// diskConfSnapshot returns the on-io-error policy for the I/O path.
-func (r *Resource) diskConfSnapshot() string {
-	v, _ := r.onIOError.Load().(string)
-	return v
+// onIOErrorPolicy returns the attached disk's on-io-error policy for the
+// I/O path; "detach", DRBD's default, when none was configured.
+func (r *Resource) onIOErrorPolicy() string {
+	if v, _ := r.onIOError.Load().(string); v != "" {
+		return v
+	}
+	return "detach"
 }
 
 // promoted updates UUIDs and flags after promotion.

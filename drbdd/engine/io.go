@@ -393,11 +393,7 @@ func (r *Resource) flush() error {
 // is detached asynchronously, so the node keeps running diskless.
 func (r *Resource) localIOError(op string, off int64, err error) {
 	r.logf("local I/O error on %s at offset %d: %v", op, off, err)
-	policy := "detach"
-	if dc := r.diskConfSnapshot(); dc != "" {
-		policy = dc
-	}
-	if policy != "detach" {
+	if r.onIOErrorPolicy() != "detach" {
 		return
 	}
 	go func() {

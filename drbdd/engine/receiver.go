@@ -145,7 +145,6 @@ func (s *session) handshake() error {
 		}
 		got[h.Cmd] = true
 	}
-	s.peerUUIDsAtHandsh = peerUUIDs
 
 	// Compatibility, as receive_protocol checks it.
 	if peerProto.WireProtocol != s.wireProto {
@@ -474,7 +473,7 @@ func (s *session) dispatch(cmd protocol.Cmd, payload []byte) error {
 		if err := rq.Unmarshal(payload); err != nil {
 			return protoErr("%s: %v", cmd, err)
 		}
-		return s.syncFor(cmd).serveRequest(cmd, rq)
+		return s.syncFor().serveRequest(cmd, rq)
 	case protocol.PRSDataReply:
 		var d protocol.Data
 		if err := d.Unmarshal(payload); err != nil {

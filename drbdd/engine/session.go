@@ -30,13 +30,12 @@ type sessionEnd struct {
 	err   error
 }
 
-// outPacket is one packet queued for the worker, the only writer of the
-// data socket.
+// outPacket is a small packet queued for the worker (a resync or verify
+// request, a state packet) with its payload already encoded. Application
+// writes and barriers do not go through the worker.
 type outPacket struct {
-	cmd  protocol.Cmd
-	head []byte // encoded fixed part
-	body []byte // bulk data, not copied: owned by the sender until sent runs
-	sent func(error)
+	cmd     protocol.Cmd
+	payload []byte
 }
 
 // peerReq is an application write waiting for the peer.
@@ -94,12 +93,11 @@ type session struct {
 	writeTimeout   time.Duration
 	maxEpochWrites int
 	// peerBuffers bounds the peer's writes held in memory (max-buffers).
-	peerBuffers       *byteBudget
-	ctx               context.Context
-	cancel            context.CancelCauseFunc
-	wg                sync.WaitGroup
-	sendq             chan *outPacket
-	peerUUIDsAtHandsh protocol.UUIDs
+	peerBuffers *byteBudget
+	ctx         context.Context
+	cancel      context.CancelCauseFunc
+	wg          sync.WaitGroup
+	sendq       chan *outPacket
 
 	// syncMu guards sync, the resync or verify run of this session.
 	syncMu sync.Mutex
@@ -378,16 +376,13 @@ func (s *session) queue(p *outPacket) bool {
 	case s.sendq <- p:
 		return true
 	case <-s.ctx.Done():
-		if p.sent != nil {
-			p.sent(errPeerLost)
-		}
 		return false
 	}
 }
 
 // queuePayload queues an encoded payload.
 func (s *session) queuePayload(cmd protocol.Cmd, p protocol.Payload) bool {
-	return s.queue(&outPacket{cmd: cmd, head: p.MarshalAppend(nil)})
+	return s.queue(&outPacket{cmd: cmd, payload: p.MarshalAppend(nil)})
 }
 
 // worker sends what other goroutines queue for it: barriers, resync and
@@ -402,16 +397,8 @@ func (s *session) worker() error {
 		case <-s.ctx.Done():
 			return nil
 		}
-		err := s.dataW.send(p.cmd, p.head, p.body)
-		if err != nil {
-			if p.sent != nil {
-				p.sent(err)
-			}
+		if err := s.dataW.send(p.cmd, p.payload); err != nil {
 			return fmt.Errorf("sending %s: %w", p.cmd, err)
-		}
-		s.r.io.netSend.Add(uint64(len(p.body)))
-		if p.sent != nil {
-			p.sent(nil)
 		}
 	}
 }
@@ -543,7 +530,7 @@ func (s *session) gotMeta(cmd protocol.Cmd, payload []byte) error {
 		}
 		return y.gotAck(cmd, payload)
 	case protocol.POVResult:
-		return s.syncFor(cmd).gotOVResult(payload)
+		return s.syncFor().gotOVResult(payload)
 	case protocol.PStateChgReply:
 		var rep protocol.ReqStateReply
 		if err := rep.Unmarshal(payload); err != nil {
@@ -608,51 +595,44 @@ func (s *session) submitWrite(kind writeKind, p []byte, off, n int64, fua bool) 
 			hdr.DPFlags |= protocol.DPSendReceiveAck
 		}
 	}
-	pkt := &outPacket{}
+	var cmd protocol.Cmd
+	var head, body []byte
 	switch kind {
 	case writeData:
-		pkt.cmd, pkt.head, pkt.body = protocol.PData, hdr.MarshalAppend(nil), p
+		cmd, head, body = protocol.PData, hdr.MarshalAppend(nil), p
 	case writeTrim, writeZeroes:
-		pkt.cmd = protocol.PTrim
+		cmd = protocol.PTrim
 		if kind == writeZeroes && s.features&protocol.FeatureWZeroes != 0 {
-			pkt.cmd = protocol.PZeroes
+			cmd = protocol.PZeroes
 		}
 		t := protocol.Trim{DataHeader: hdr, Size: uint32(n)}
-		pkt.head = t.MarshalAppend(nil)
-	}
-	if s.wireProto == protocol.ProtocolA {
-		// Protocol A: done once the data is on the wire.
-		pkt.sent = func(err error) {
-			if err != nil {
-				return
-			}
-			s.pmu.Lock()
-			_, ok := s.pending[q.id]
-			delete(s.pending, q.id)
-			s.pmu.Unlock()
-			if ok {
-				s.r.io.pending.Add(-1)
-				q.resolve(nil)
-			}
-		}
+		head = t.MarshalAppend(nil)
 	}
 	s.epochWrites++
 	// Sent directly, under sendMu, so that data packets and barriers keep
 	// their order on the wire.
 	var err error
 	if barrier != nil {
-		err = s.dataW.sendPair(protocol.PBarrier, barrier, pkt.cmd, pkt.head, pkt.body)
+		err = s.dataW.sendPair(protocol.PBarrier, barrier, cmd, head, body)
 	} else {
-		err = s.dataW.send(pkt.cmd, pkt.head, pkt.body)
-	}
-	if pkt.sent != nil {
-		pkt.sent(err)
+		err = s.dataW.send(cmd, head, body)
 	}
 	if err != nil {
-		s.cancel(fmt.Errorf("sending %s: %w", pkt.cmd, err))
+		s.cancel(fmt.Errorf("sending %s: %w", cmd, err))
 		return q // teardown resolves it
 	}
-	s.r.io.netSend.Add(uint64(len(pkt.body)))
+	s.r.io.netSend.Add(uint64(len(body)))
+	if s.wireProto == protocol.ProtocolA {
+		// Protocol A: done once the data is on the wire.
+		s.pmu.Lock()
+		_, ok := s.pending[q.id]
+		delete(s.pending, q.id)
+		s.pmu.Unlock()
+		if ok {
+			s.r.io.pending.Add(-1)
+			q.resolve(nil)
+		}
+	}
 	return q
 }
 

@@ -78,7 +78,7 @@ func newSyncState(s *session, target bool, peerUUIDs meta.UUIDs) *syncState {
 
 // syncFor returns the session's sync state, creating a serving-only one
 // for requests that arrive without a local resync (verify target).
-func (s *session) syncFor(cmd protocol.Cmd) *syncState {
+func (s *session) syncFor() *syncState {
 	s.syncMu.Lock()
 	defer s.syncMu.Unlock()
 	if s.sync == nil {
@@ -733,7 +733,7 @@ func (r *Resource) StartVerify(ctx context.Context, startSector uint64) error {
 		if err != nil {
 			return err
 		}
-		y := s.syncFor(protocol.POVRequest)
+		y := s.syncFor()
 		y.mu.Lock()
 		y.verify = &verifyRun{v: v, alg: s.c.conf.VerifyAlg, mine: map[uint64][]byte{}, marks: resync.NewMarks(time.Now(), v.Progress().Left), start: time.Now()}
 		y.mu.Unlock()
