@@ -3,6 +3,7 @@ package nbd
 import (
 	"fmt"
 	"net"
+	"runtime"
 	"sync"
 )
 
@@ -48,6 +49,14 @@ func (w *replyWriter) send(r *request, errno Errno, withData bool) {
 		return
 	}
 	w.flushing = true
+	// Let the goroutines that are ready to run go first: under load they
+	// are mostly workers about to queue their own replies, which then
+	// share this write instead of each paying for a system call (and
+	// waking the client) on its own. With nothing else runnable this
+	// returns at once.
+	w.mu.Unlock()
+	runtime.Gosched()
+	w.mu.Lock()
 	for {
 		w.batch, w.queue = w.queue, w.batch[:0]
 		w.mu.Unlock()

@@ -559,7 +559,6 @@ func (s *session) gotMeta(cmd protocol.Cmd, payload []byte) error {
 func (s *session) submitWrite(kind writeKind, p []byte, off, n int64, fua bool) *peerReq {
 	q := &peerReq{off: off, n: n, sentAt: time.Now(), done: make(chan struct{})}
 	s.sendMu.Lock()
-	defer s.sendMu.Unlock()
 	// A write that may depend on a completed one opens a new epoch; its
 	// barrier goes out in the same flush as the data packet.
 	var barrier []byte
@@ -569,6 +568,7 @@ func (s *session) submitWrite(kind writeKind, p []byte, off, n int64, fua bool) 
 	s.pmu.Lock()
 	if s.closed {
 		s.pmu.Unlock()
+		s.sendMu.Unlock()
 		return nil
 	}
 	s.nextID++
@@ -609,13 +609,19 @@ func (s *session) submitWrite(kind writeKind, p []byte, off, n int64, fua bool) 
 		head = t.MarshalAppend(nil)
 	}
 	s.epochWrites++
-	// Sent directly, under sendMu, so that data packets and barriers keep
-	// their order on the wire.
+	// Queued directly, under sendMu, so that data packets and barriers
+	// keep their order on the wire; flushed after sendMu is released, so
+	// that the writes of other clients can join the same system call.
+	var flush bool
 	var err error
 	if barrier != nil {
-		err = s.dataW.sendPair(protocol.PBarrier, barrier, cmd, head, body)
+		flush, err = s.dataW.queuePair(protocol.PBarrier, barrier, cmd, head, body)
 	} else {
-		err = s.dataW.send(cmd, head, body)
+		flush, err = s.dataW.queue(cmd, head, body)
+	}
+	s.sendMu.Unlock()
+	if err == nil && flush {
+		err = s.dataW.flushQueued()
 	}
 	if err != nil {
 		s.cancel(fmt.Errorf("sending %s: %w", cmd, err))

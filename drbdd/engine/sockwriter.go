@@ -3,6 +3,7 @@ package engine
 import (
 	"bufio"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -12,23 +13,30 @@ import (
 
 // sockWriter is a socket's write side shared by several goroutines. It
 // combines their packets: each writer appends its packet to one buffer,
-// and whichever writer is last in the convoy flushes it. A lone writer
-// therefore flushes at once (no added latency), while concurrent writers
-// share one system call (throughput under queue depth).
+// and one of them flushes the buffer for all. A writer that finds nobody
+// else about to flush becomes the flusher: it first yields, so that the
+// goroutines ready to run (under load, mostly other writers) append their
+// packets, and then writes everything with one system call. A lone writer
+// flushes at once, as yielding with nothing else to run returns
+// immediately, while concurrent writers share one system call, and the
+// peer one wakeup.
 type sockWriter struct {
 	nc      net.Conn
 	timeout time.Duration
-	// waiting counts writers that have announced themselves and not yet
-	// finished; the one that brings it to zero flushes.
-	waiting atomic.Int32
+	// corks counts the holders of a cork; while it is not zero, nobody
+	// flushes except to bound the buffer, and the last uncork flushes.
+	corks atomic.Int32
 
-	// mu guards bw and pc, and serializes writes to nc.
+	// mu guards bw, pc and flushPending, and serializes writes to nc.
 	mu sync.Mutex
 	bw *bufio.Writer
 	pc *protocol.Conn
+	// flushPending is set while a writer that appended a packet is
+	// yielding before it flushes: later writers leave the flush to it.
+	flushPending bool
 }
 
-// flushAt bounds how much a convoy buffers before someone flushes anyway.
+// flushAt bounds how much the writers buffer before one flushes anyway.
 const flushAt = 192 << 10
 
 func newSockWriter(nc net.Conn, rd *bufio.Reader, version int, timeout time.Duration) (*sockWriter, *protocol.Conn) {
@@ -44,57 +52,88 @@ func newSockWriter(nc net.Conn, rd *bufio.Reader, version int, timeout time.Dura
 
 // send writes one packet; parts are concatenated into its payload.
 func (w *sockWriter) send(cmd protocol.Cmd, parts ...[]byte) error {
-	w.waiting.Add(1)
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	err := w.pc.WritePacket(cmd, parts...)
-	last := w.waiting.Add(-1) == 0
-	if err != nil {
+	flush, err := w.queue(cmd, parts...)
+	if err != nil || !flush {
 		return err
 	}
-	if last || w.bw.Buffered() >= flushAt {
-		w.nc.SetWriteDeadline(time.Now().Add(w.timeout))
-		err = w.bw.Flush()
-	}
-	return err
+	return w.flushQueued()
 }
 
-// sendPair writes two packets with at most one flush, for a barrier and
-// the data packet that opens the next epoch.
-func (w *sockWriter) sendPair(cmd1 protocol.Cmd, p1 []byte, cmd2 protocol.Cmd, parts ...[]byte) error {
-	w.waiting.Add(1)
+// queue appends one packet to the buffer. When it reports flush, the
+// caller has become the flusher and must call flushQueued, best after
+// releasing any lock that other writers wait for; otherwise someone else
+// flushes the packet. Packets queued by one goroutine, or under one lock,
+// reach the socket in the order they were queued.
+func (w *sockWriter) queue(cmd protocol.Cmd, parts ...[]byte) (flush bool, err error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	err := w.pc.WritePacket(cmd1, p1)
-	if err == nil {
-		err = w.pc.WritePacket(cmd2, parts...)
+	if err := w.pc.WritePacket(cmd, parts...); err != nil {
+		return false, err
 	}
-	last := w.waiting.Add(-1) == 0
-	if err != nil {
-		return err
-	}
-	if last || w.bw.Buffered() >= flushAt {
-		w.nc.SetWriteDeadline(time.Now().Add(w.timeout))
-		err = w.bw.Flush()
-	}
-	return err
+	return w.afterAppendLocked()
 }
 
-// cork holds back flushes: packets sent while corked stay buffered until
-// uncork. The receiver corks the ack socket while it works through input
-// already buffered, so a burst of writes is answered with one flush.
-func (w *sockWriter) cork() { w.waiting.Add(1) }
-
-// uncork releases a cork and flushes if nobody else is about to.
-func (w *sockWriter) uncork() error {
-	if w.waiting.Add(-1) != 0 {
-		return nil
-	}
+// queuePair appends two packets, for a barrier and the data packet that
+// opens the next epoch; see queue.
+func (w *sockWriter) queuePair(cmd1 protocol.Cmd, p1 []byte, cmd2 protocol.Cmd, parts ...[]byte) (flush bool, err error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if err := w.pc.WritePacket(cmd1, p1); err != nil {
+		return false, err
+	}
+	if err := w.pc.WritePacket(cmd2, parts...); err != nil {
+		return false, err
+	}
+	return w.afterAppendLocked()
+}
+
+// afterAppendLocked decides who flushes what was just appended. Caller
+// holds mu.
+func (w *sockWriter) afterAppendLocked() (flush bool, err error) {
+	if w.bw.Buffered() >= flushAt {
+		return false, w.flushLocked()
+	}
+	if w.flushPending || w.corks.Load() > 0 {
+		return false, nil
+	}
+	w.flushPending = true
+	return true, nil
+}
+
+// flushQueued is the flusher's part after queue reported flush: it lets
+// the other runnable goroutines queue their packets, then writes the
+// buffer.
+func (w *sockWriter) flushQueued() error {
+	runtime.Gosched()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.flushPending = false
+	return w.flushLocked()
+}
+
+// flushLocked writes the buffer out. Caller holds mu.
+func (w *sockWriter) flushLocked() error {
 	if w.bw.Buffered() == 0 {
 		return nil
 	}
 	w.nc.SetWriteDeadline(time.Now().Add(w.timeout))
 	return w.bw.Flush()
+}
+
+// cork holds back flushes: packets sent while corked stay buffered until
+// uncork. The receiver corks the ack socket while it works through input
+// already buffered, so a burst of writes is answered with one flush.
+func (w *sockWriter) cork() { w.corks.Add(1) }
+
+// uncork releases a cork and flushes if nobody else is about to.
+func (w *sockWriter) uncork() error {
+	if w.corks.Add(-1) != 0 {
+		return nil
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.flushPending {
+		return nil // a writer is about to flush
+	}
+	return w.flushLocked()
 }
