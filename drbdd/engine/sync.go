@@ -151,7 +151,13 @@ func (y *syncState) begin(bits int64) {
 		DelayTarget: 10,
 		MaxRate:     uint32(min(dc.CMaxRate>>10, 1<<31)),
 		MinRate:     uint32(min(dc.CMinRate>>10, 1<<31)),
-		MaxBuffers:  uint32(cmp.Or(int64(y.s.c.conf.MaxBuffers), defaultMaxBuffers)),
+		// max-buffers/2 bounds what is in flight, and the resyncer
+		// enforces it against the replies still outstanding, refilling as
+		// they arrive. The controller's own bound counts replies only
+		// once per tick, as DRBD does, which would cap resync at
+		// max-buffers/2 pages per tick (160 MiB/s with the default)
+		// however fast the disks and the link are.
+		MaxBuffers: 0,
 	}
 	if cfg.ResyncRate == 0 {
 		cfg = resync.DefaultControllerConfig()
