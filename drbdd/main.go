@@ -8,6 +8,7 @@ import (
 	"log"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
 	"syscall"
@@ -48,8 +49,22 @@ func main() {
 // would let the heap grow to twice their size before collecting.
 const gcPercent = 25
 
+// defaultProcs is how many CPUs drbdd runs Go code on at once unless the
+// GOMAXPROCS environment variable says otherwise: half of them. A
+// replicating node shares its CPUs with the application that writes, the
+// kernel's TCP and page-cache work and, on a Primary, its NBD client;
+// DRBD itself is three kernel threads per resource. With every CPU its
+// own, the Go scheduler keeps spinning threads hunting for work and
+// hands requests between threads, which on the 2-CPU test host cost
+// about a fifth of replicated 4 KiB throughput and a quarter of
+// single-node sequential throughput.
+func defaultProcs() int { return max(1, runtime.NumCPU()/2) }
+
 func run(controlPath, statusPath string) error {
 	debug.SetGCPercent(gcPercent)
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(defaultProcs())
+	}
 	logger := log.New(os.Stderr, "drbdd: ", log.LstdFlags|log.Lmicroseconds)
 	// A debugging aid for performance work: a CPU profile of the whole
 	// run, written at clean shutdown.
@@ -76,7 +91,7 @@ func run(controlPath, statusPath string) error {
 	srv := &netlink.Server{Handlers: d.Handlers(), Logf: logger.Printf}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ctx, l) }()
-	logger.Printf("ready: control %s, status %s", controlPath, statusPath)
+	logger.Printf("ready: control %s, status %s, running on %d of %d CPUs", controlPath, statusPath, runtime.GOMAXPROCS(0), runtime.NumCPU())
 	select {
 	case <-ctx.Done():
 		logger.Printf("terminating: taking resources down")

@@ -655,6 +655,14 @@ func (y *syncState) finishLocked() error {
 	if ld == nil {
 		return nil
 	}
+	if y.target {
+		// The resynced blocks must be on stable storage before the
+		// bitmap and UUIDs say so; with external metadata the metadata
+		// syncs below do not cover the data device.
+		if err := ld.dev.Sync(); err != nil {
+			return r.ioError("flush at the end of resync", 0, err)
+		}
+	}
 	ns := r.State()
 	primary := ns.Role == replication.Primary
 	if err := ld.updateUUIDs(func(u *meta.UUIDs) { u.FinishResync(y.target, y.peerUUIDs, primary) }); err != nil {
