@@ -244,12 +244,55 @@ func TestResyncUnderWriteLoad(t *testing.T) {
 	}
 	if cs := admOut(p.A, "cstate"); cs != "SyncSource" {
 		t.Logf("the resync ended before the write load (cstate %s): the race was not exercised", cs)
+	} else if !p.B.LogContains(minRateSlowDown) {
+		// The default c-min-rate (250 KiB/s) is far below the 8 MiB/s
+		// of this resync, so the SyncTarget gives ticks to the peer's
+		// writes.
+		t.Errorf("bob's resync did not slow down for the write load (no %q in its log)", minRateSlowDown)
 	}
 	p.waitSyncedStrict(t, 2*time.Minute)
 	sent := settledCounter(t, p.A, "ns") - ns0
 	t.Logf("full resync of %d KiB with %d KiB written meanwhile: alice sent %d KiB", devKiB, fioKiB, sent)
 	if sent < devKiB || sent > (devKiB+fioKiB)*105/100 {
 		t.Errorf("alice sent %d KiB; want between %d (device) and %d (device + writes)", sent, devKiB, (devKiB+fioKiB)*105/100)
+	}
+	demote(t, p.A)
+	p.downBoth(t)
+	p.CompareDisks(t)
+}
+
+// minRateSlowDown starts the log line of a SyncTarget that leaves resync
+// ticks to application I/O (c-min-rate).
+const minRateSlowDown = "resync slows down for application I/O"
+
+// TestResyncWithoutMinRate: with c-min-rate 0 the SyncTarget never gives
+// way to application writes; the resync under the same write load as
+// TestResyncUnderWriteLoad never slows down, and still ends with identical
+// disks.
+func TestResyncWithoutMinRate(t *testing.T) {
+	RequireTools(t, "fio")
+	disk := map[string]string{"c-min-rate": "0"}
+	for k, v := range slowResync {
+		disk[k] = v
+	}
+	p := NewPair(t, PairOptions{Disk: disk})
+	upSkipInitialSync(t, p)
+	p.A.MustAdm("primary", "r0")
+	p.A.MustAdm("invalidate-remote", "r0")
+	p.B.WaitState("cstate", "r0", "SyncTarget", 20*time.Second)
+	fio := exec.Command("fio", "--name=during-resync", "--ioengine=nbd", "--uri="+p.URI[p.A], "--rw=randwrite",
+		"--bs=4k", "--iodepth=16", "--size=16m", "--verify=crc32c", "--do_verify=1",
+		"--verify_fatal=1", "--verify_state_save=0", "--output-format=terse")
+	fio.Dir = t.TempDir()
+	if out, err := fio.CombinedOutput(); err != nil {
+		t.Fatalf("fio during resync: %v\n%s", err, out)
+	}
+	if cs := admOut(p.A, "cstate"); cs != "SyncSource" {
+		t.Logf("the resync ended before the write load finished (cstate %s)", cs)
+	}
+	p.waitSyncedStrict(t, 2*time.Minute)
+	if p.B.LogContains(minRateSlowDown) {
+		t.Errorf("bob slowed its resync down with c-min-rate 0")
 	}
 	demote(t, p.A)
 	p.downBoth(t)

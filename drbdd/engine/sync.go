@@ -13,6 +13,7 @@ import (
 	"hash/crc32"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"drbdd/drbdd/meta"
@@ -47,6 +48,10 @@ type syncState struct {
 	verify    *verifyRun
 	stopped   bool
 	bytesSent uint64
+
+	// resyncIO counts the bytes resync wrote to this node's disk, so that
+	// the rest of its disk I/O can be told apart as application I/O.
+	resyncIO atomic.Uint64
 }
 
 // rsRequest is an outstanding resync request on the SyncTarget.
@@ -187,6 +192,10 @@ func (s *session) resyncer() error {
 	csums := s.c.conf.CsumsAlg
 	ticks := 0
 	budget := 0
+	// c-min-rate: the application I/O seen at the previous tick, and
+	// whether a slow-down was logged in this run.
+	lastAppIO := y.appIO()
+	slowedLogged := false
 	// The requests in flight never exceed half of max-buffers (DRBD's
 	// bound), so the peer's receive buffers cannot run out.
 	maxInFlightBlocks := cmp.Or(int64(s.c.conf.MaxBuffers), defaultMaxBuffers) / 2
@@ -222,6 +231,24 @@ func (s *session) resyncer() error {
 		if refill {
 			budget = max(budget, 0)
 		} else {
+			app := y.appIO()
+			appKiB := (app - lastAppIO) >> 10
+			lastAppIO = app
+			now := time.Now()
+			left := y.planner.Progress().Left
+			minRate := uint64(y.ctrl.Config().MinRate)
+			if resync.ShouldSlowDown(appKiB, y.marks.ShortTermRate(now, left), minRate) {
+				// Application I/O came in and resync runs faster than
+				// c-min-rate: leave this tick to the application.
+				if !slowedLogged {
+					slowedLogged = true
+					r.logf("%s: resync slows down for application I/O (c-min-rate %d KiB/s)", s.c.peerName, minRate)
+				}
+				budget = 0
+				y.marks.Advance(now, left)
+				y.mu.Unlock()
+				continue
+			}
 			budget = y.ctrl.Tick()
 		}
 		// The controller grants a budget per 100 ms tick; it is spent as
@@ -258,6 +285,13 @@ func (s *session) resyncer() error {
 			return r.act(s.ctx, func() error { return y.finishLocked() })
 		}
 	}
+}
+
+// appIO returns the bytes of this node's disk I/O that resync did not do:
+// the application's, through the peer's writes or its own.
+func (y *syncState) appIO() uint64 {
+	io := &y.s.r.io
+	return io.diskWrite.Load() + io.diskRead.Load() - y.resyncIO.Load()
 }
 
 // persistProgress writes the SyncTarget's bitmap, about once a second, so
@@ -378,6 +412,7 @@ func (y *syncState) gotData(d protocol.Data) error {
 			outcome = resync.Failed
 		} else {
 			r.io.diskWrite.Add(uint64(n))
+			y.resyncIO.Add(uint64(n))
 		}
 		y.complete(d.Sector, uint32(n), outcome)
 		if partial := touched &^ full; partial != 0 && err == nil {
