@@ -33,6 +33,8 @@ type splitBrain struct {
 	survivor string
 	// log is a line the survivor (or, for StandAlone, alice) must log.
 	log string
+	// victimLog, if set, is a line the victim must log.
+	victimLog string
 }
 
 // splitPair is a pair that went through a split brain.
@@ -232,7 +234,13 @@ func runSplitBrain(t *testing.T, cases []splitBrain) {
 				sp.expectStandAlone(t, sc.log)
 				return
 			}
-			sp.expectSurvivor(t, sp.node(sc.survivor), sc.log)
+			survivor := sp.node(sc.survivor)
+			sp.expectSurvivor(t, survivor, sc.log)
+			if victim := sp.Peer(survivor); sc.victimLog != "" {
+				if l := logAfter(victim, sp.mark[victim]); !strings.Contains(l, sc.victimLog) {
+					t.Errorf("victim %s did not log %q:\n%s", victim.Name, sc.victimLog, l)
+				}
+			}
 		})
 	}
 }
@@ -289,6 +297,12 @@ func TestSplitBrainAfterSB1Pri(t *testing.T) {
 		// Bob is the Primary this time.
 		{name: "discard-secondary/bob-primary", net: netOpts("after-sb-1pri", "discard-secondary"),
 			aWrites: 12, bWrites: 4, bPrimary: true, survivor: "bob", log: solved},
+		// call-pri-lost-after-sb: the after-sb-0pri verdict decides; a
+		// Primary it discards gives up its role and becomes SyncTarget.
+		{name: "call-pri-lost-after-sb/primary-keeps", net: netOpts("after-sb-0pri", "discard-zero-changes", "after-sb-1pri", "call-pri-lost-after-sb"),
+			aWrites: 8, aPrimary: true, survivor: "alice", log: solved},
+		{name: "call-pri-lost-after-sb/primary-loses", net: netOpts("after-sb-0pri", "discard-zero-changes", "after-sb-1pri", "call-pri-lost-after-sb"),
+			bWrites: 8, aPrimary: true, survivor: "bob", log: solved, victimLog: "Successfully gave up primary role."},
 	})
 }
 

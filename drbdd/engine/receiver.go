@@ -190,6 +190,17 @@ func (s *session) handshake() error {
 		ResolveConflicts: c.resolveConflicts, Protocol: s.version, Features: uint32(s.features),
 		AfterSB0Pri: policy(conf.AfterSB0Pri), AfterSB1Pri: policy(conf.AfterSB1Pri), AfterSB2Pri: policy(conf.AfterSB2Pri),
 		RRConflict: policy(conf.RRConflict), DiscardMyData: c.discardMyData,
+		// call-pri-lost-after-sb: a Primary that loses the split brain
+		// gives up its role, as `drbdadm secondary` would (refused while
+		// the device is in use). Application writes are held off by the
+		// writeGate meanwhile, so none slips in between.
+		TryDemote: func() bool {
+			if err := r.act(s.ctx, r.secondary); err != nil {
+				r.logf("%s: call-pri-lost-after-sb: cannot give up the primary role: %v", c.peerName, err)
+				return false
+			}
+			return true
+		},
 	}
 	d := meta.SyncHandshake(in)
 	r.logf("%s: uuid_compare()=%d by rule %d (%s)", c.peerName, int(d.Compare), d.Rule.Nr, d.Rule.Desc)
