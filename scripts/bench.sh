@@ -3,8 +3,9 @@
 # measured as ratios in one run on this host.
 #
 # Targets compared, each on its own identical backing file (fallocate'd,
-# so sparse-file effects do not skew), all exported over NBD on TCP
-# loopback and driven by fio --ioengine=nbd:
+# so sparse-file effects do not skew, then written once and cached: see
+# mkdisk), all exported over NBD on TCP loopback and driven by fio
+# --ioengine=nbd:
 #   nbdkit      nbdkit's file plugin (reference NBD server, default threads)
 #   single      one drbdd, single-node resource, its NBD export
 #   replicated  two drbdd, protocol C, 127.0.0.1 <-> 127.0.0.2; skipped
@@ -96,8 +97,21 @@ fi
 RESULTS=$WORK/results.tsv
 : >"$RESULTS"
 
-# mkdisk PATH: an identical, fully allocated backing file.
-mkdisk() { rm -f "$1"; fallocate -l "${FILE_MIB}M" "$1"; }
+# mkdisk PATH: an identical, fully allocated backing file, every 4 KiB
+# page of it written once with 4 KiB writes and synced. This puts each
+# target's file in the same state, all of it in the page cache as small
+# folios: a fresh file makes the first write to each page cost more (so a
+# target that writes fewer pages in the QD1 run starts QD32 colder), and
+# the pages that the replicated pair's initial sync reads or writes
+# sequentially would become large folios, into which 4 KiB random writes
+# are several times slower (seen on this host's ext4: nbdkit at QD32 fell
+# from 110k to 36k IOPS), while the other targets' files have none.
+mkdisk() {
+	rm -f "$1"
+	fallocate -l "${FILE_MIB}M" "$1"
+	dd if=/dev/zero of="$1" bs=4k count=$((FILE_MIB * 256)) conv=notrunc status=none
+	sync "$1"
+}
 
 # ---- nbdkit -------------------------------------------------------------
 start_nbdkit() {
