@@ -45,6 +45,9 @@ type Daemon struct {
 	statusKick chan struct{}
 	events     *eventHub
 	kernel     kernelHandle
+	// watchOnce starts the LINK_DEAD watcher with the first kernel device;
+	// faultOnce arms the link fault injection (linkFaultEnv) once.
+	watchOnce, faultOnce sync.Once
 
 	// ctx is cancelled by Close; every goroutine the daemon starts watches it.
 	ctx    context.Context

@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"fmt"
+	"os"
 	"sync"
 	"time"
 
@@ -86,7 +87,7 @@ func (r *Resource) attachKernel() error {
 		}
 		dev, err := nbd.ReattachKernel(ctx, k, index, r.kernelExport(ld), kernelConns, opts)
 		if err == nil {
-			r.kdev = dev
+			r.attachedKernel(k, dev)
 			return nil
 		}
 		r.logf("re-attaching %s failed (%v); attaching anew", r.device.KernelDevice, err)
@@ -95,8 +96,97 @@ func (r *Resource) attachKernel() error {
 	if err != nil {
 		return err
 	}
-	r.kdev = dev
+	r.attachedKernel(k, dev)
 	return nil
+}
+
+// attachedKernel records a newly attached kernel device.
+func (r *Resource) attachedKernel(k *netlink.KernelNBD, dev *nbd.KernelDevice) {
+	r.kdev = dev
+	r.d.watchLinkDead(k)
+	r.d.faultOnce.Do(func() { r.injectLinkFault(dev) })
+}
+
+// watchLinkDead starts, once per daemon, the goroutine that listens to the
+// nbd family's multicast group: when the kernel reports a device's
+// connection dead (NBD_CMD_LINK_DEAD), the resource serving that device
+// re-attaches it. The goroutine belongs to the daemon and ends with it.
+func (d *Daemon) watchLinkDead(k *netlink.KernelNBD) {
+	d.watchOnce.Do(func() {
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			err := k.WatchLinkDead(d.ctx, func(index int) {
+				for _, r := range d.Resources() {
+					// Off the watcher: the owner may be busy for a while,
+					// and other notifications must not wait behind it.
+					d.wg.Add(1)
+					go func() {
+						defer d.wg.Done()
+						_ = r.act(d.ctx, func() error { return r.relinkKernel(index) })
+					}()
+				}
+			})
+			if err != nil && d.ctx.Err() == nil {
+				d.Logf("kernel nbd: not watching for dead connections: %v", err)
+			}
+		}()
+	})
+}
+
+// relinkKernel reacts to the kernel's LINK_DEAD for /dev/nbd<index>: if
+// this resource serves that device, it stops serving the dead connection
+// and hands the kernel a new one with NBD_CMD_RECONFIGURE. The kernel
+// holds the device's I/O meanwhile and sends again what was not answered,
+// so a mounted filesystem sees a pause. Runs on the owner goroutine.
+func (r *Resource) relinkKernel(index int) error {
+	dev := r.kdev
+	if dev == nil || dev.Index() != index {
+		return nil
+	}
+	r.logf("%s: the kernel reports its connection dead; re-attaching", dev.Path())
+	r.kdev = nil
+	r.waitOwner(dev.Abandon)
+	if err := r.attachKernel(); err != nil {
+		r.logf("%s: re-attaching after a dead connection: %v", dev.Path(), err)
+		return err
+	}
+	r.logf("%s: re-attached", dev.Path())
+	return nil
+}
+
+// linkFaultEnv names the environment variable that makes drbdd drop its
+// kernel device's connection once, the given duration after attaching it
+// (like DRBD's fault-injection module parameters, for testing recovery):
+// the kernel then reports the link dead and drbdd must re-attach.
+const linkFaultEnv = "DRBDD_FAULT_KERNEL_LINK_AFTER"
+
+// injectLinkFault arms the fault of linkFaultEnv for dev, if set. It is
+// armed for the first device a daemon attaches only.
+func (r *Resource) injectLinkFault(dev *nbd.KernelDevice) {
+	after, err := time.ParseDuration(os.Getenv(linkFaultEnv))
+	if err != nil || after <= 0 {
+		return
+	}
+	r.d.wg.Add(1)
+	go func() {
+		defer r.d.wg.Done()
+		select {
+		case <-time.After(after):
+		case <-r.d.ctx.Done():
+			return
+		}
+		_ = r.act(r.d.ctx, func() error {
+			if r.kdev != dev {
+				return nil
+			}
+			r.logf("%s: fault injection (%s): dropping the kernel device's connection", dev.Path(), linkFaultEnv)
+			// The serving goroutines stop and close drbdd's socket ends,
+			// but r.kdev stays: only the kernel's report starts recovery.
+			r.waitOwner(dev.Abandon)
+			return nil
+		})
+	}()
 }
 
 // kernelInUse reports whether the kernel device is open or mounted.

@@ -215,6 +215,82 @@ func TestLabDaemonRestartMounted(t *testing.T) {
 	}
 }
 
+// TestLabKernelLinkDead breaks the connection between drbdd and the
+// kernel's /dev/nbd0 while a filesystem on it is under a write load, with
+// drbdd's fault injection (DRBDD_FAULT_KERNEL_LINK_AFTER): the kernel
+// reports the link dead on the nbd family's multicast group, drbdd hands
+// it a new connection with NBD_CMD_RECONFIGURE, the kernel sends again
+// what was not answered, and the writers, the files and fsck see nothing
+// but a pause.
+func TestLabKernelLinkDead(t *testing.T) {
+	requireLab(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	l := newTestLab(t, "a")
+	if err := l.Boot(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a := l.VM("a")
+	s := &scenario{ctx: ctx, l: l, o: ScenarioOptions{Out: &lineLogger{t: t}}, rep: &ScenarioReport{}}
+	must := func(cmd string) string {
+		t.Helper()
+		out, err := MustRun(ctx, a, cmd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	if err := writeResource(ctx, l, a, 0); err != nil {
+		t.Fatal(err)
+	}
+	// The fault fires once, this long after /dev/nbd0 is attached: after
+	// mkfs and mount, while the files below are being written.
+	must(`DRBDD_FAULT_KERNEL_LINK_AFTER=12s setsid drbdd </dev/null >>/var/log/drbdd.log 2>&1 &
+for i in $(seq 100); do [ -S /run/drbdd/drbdd.sock ] && exit 0; sleep 0.1; done
+echo "drbdd did not create its control socket:"; cat /var/log/drbdd.log; exit 1`)
+	must("drbdadm create-md --force r0 && drbdadm up r0 && drbdadm primary --force r0")
+	must("mkfs.ext4 -q -F /dev/nbd0 && mkdir -p /mnt/r0 && mount -t ext4 /dev/nbd0 /mnt/r0")
+	must(loadCmd("load"))
+	for round := 0; ; round++ {
+		if err := s.writeFiles(a, fmt.Sprintf("files%d", round), 40); err != nil {
+			t.Fatal(err)
+		}
+		if _, code, _ := a.Run(ctx, "grep -q '/dev/nbd0: re-attached' /var/log/drbdd.log"); code == 0 {
+			break
+		}
+		if round == 30 {
+			t.Fatalf("drbdd did not re-attach /dev/nbd0:\n%s", must("tail -20 /var/log/drbdd.log; dmesg | tail -10"))
+		}
+	}
+	// More writes after the re-attach, then stop the load.
+	if err := s.writeFiles(a, "after", 40); err != nil {
+		t.Fatal(err)
+	}
+	must("touch /root/load.stop; for i in $(seq 600); do [ -e /root/load.stopped ] && exit 0; sleep 0.1; done; exit 1")
+	log := must("cat /var/log/drbdd.log")
+	for _, want := range []string{"fault injection", "the kernel reports its connection dead", "/dev/nbd0: re-attached"} {
+		if !strings.Contains(log, want) {
+			t.Errorf("drbdd's log lacks %q", want)
+		}
+	}
+	acked := strings.Count(must("cat /root/load.acked"), "\n")
+	if acked == 0 {
+		t.Fatal("the write load acknowledged no write")
+	}
+	if out := must(verifyLoadCmd("load", acked)); strings.TrimSpace(out) != "" {
+		t.Errorf("write load: %s", out)
+	}
+	if err := s.verifyAll(a); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d load writes and %d file sets intact across the dead link", acked, len(s.sets))
+	if out := must("dmesg | grep -i 'I/O error\\|EXT4-fs error' || true"); strings.TrimSpace(out) != "" {
+		t.Errorf("the kernel logged errors:\n%s", out)
+	}
+	must("umount /mnt/r0 && e2fsck -fn /dev/nbd0")
+	must("drbdadm secondary r0 && drbdadm down r0")
+}
+
 // TestLabBench is the lab's benchmark (issue 5): fio O_DIRECT writes on
 // drbdd's /dev/nbd0 (protocol C, connected), on the raw scratch disk of
 // the same VM and on kernel DRBD 8.4's /dev/drbd0 over the same disks; it
