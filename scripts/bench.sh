@@ -339,18 +339,17 @@ bench_resync() {
 	t1=$(date +%s.%N)
 	sleep 1.2
 	ns1=$(counter alice ns)
-	# The plain copy: the same bytes, file to file, into a fully allocated
-	# file like bob's disk. The resync ends with its bytes on stable
-	# storage (the SyncTarget flushes its disk before it clears the bitmap
-	# and becomes UpToDate, and every second on the way), so the reference
-	# is dd with conv=fdatasync; dd into the page cache alone is shown too.
-	# One copy swings by a factor of two with what the kernel happens to be
-	# doing, so each runs three times and the median counts.
+	# The plain copy: the same bytes, file to file, into a file prepared
+	# like bob's disk (mkdisk: allocated, written once, cached), so that
+	# dd overwrites written blocks as the resync does. The resync ends with
+	# its bytes on stable storage (the SyncTarget flushes its disk before it
+	# clears the bitmap and becomes UpToDate), so the reference is dd with
+	# conv=fdatasync; dd into the page cache alone is shown too. Each runs
+	# three times and the median counts.
 	local i d0 d1 durable=() cached=() conv
+	FILE_MIB=$mib mkdisk "$WORK/bob/copy.img"
 	for conv in notrunc,fdatasync notrunc; do
 		for i in 1 2 3; do
-			rm -f "$WORK/bob/copy.img"
-			fallocate -l "${mib}M" "$WORK/bob/copy.img"
 			sync
 			d0=$(date +%s.%N)
 			dd if="$WORK/alice/alice.img" of="$WORK/bob/copy.img" bs=1M count="$mib" conv="$conv" status=none

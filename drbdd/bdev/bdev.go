@@ -95,6 +95,23 @@ func WriteZeroes(d Device, off, length int64) error {
 	return nil
 }
 
+// WritebackStarter is implemented by devices that cache writes (a file in
+// the page cache): StartWriteback begins writing [off, off+length) to
+// stable storage without waiting for it, so that a later Sync finds little
+// left to do.
+type WritebackStarter interface {
+	StartWriteback(off, length int64) error
+}
+
+// StartWriteback starts writing back [off, off+length) of d where d
+// caches writes; it does nothing on other devices.
+func StartWriteback(d Device, off, length int64) error {
+	if w, ok := d.(WritebackStarter); ok {
+		return w.StartWriteback(off, length)
+	}
+	return nil
+}
+
 // FUAWriter is implemented by devices that can make a single write durable
 // without flushing everything else (pwritev2 with RWF_DSYNC).
 type FUAWriter interface {

@@ -166,6 +166,22 @@ func (d *FileDevice) Sync() error {
 	return nil
 }
 
+// StartWriteback starts the writeback of the page-cache pages in
+// [off, off+length) with sync_file_range(SYNC_FILE_RANGE_WRITE) and
+// returns without waiting. Direct I/O devices have nothing cached.
+func (d *FileDevice) StartWriteback(off, length int64) error {
+	if d.direct != nil {
+		return nil
+	}
+	if err := checkRange(off, length, d.size); err != nil {
+		return err
+	}
+	if err := unix.SyncFileRange(int(d.buffered.Fd()), off, length, unix.SYNC_FILE_RANGE_WRITE); err != nil {
+		return fmt.Errorf("sync_file_range %s: %w", d.path, err)
+	}
+	return nil
+}
+
 // Trim discards a range: BLKDISCARD on block devices (followed by a zeroing
 // fallback, because discard does not promise zeroes), a punched hole in
 // regular files.

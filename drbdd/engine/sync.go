@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"drbdd/drbdd/bdev"
 	"drbdd/drbdd/meta"
 	"drbdd/drbdd/replication"
 	"drbdd/drbdd/resync"
@@ -52,6 +53,41 @@ type syncState struct {
 	// resyncIO counts the bytes resync wrote to this node's disk, so that
 	// the rest of its disk I/O can be told apart as application I/O.
 	resyncIO atomic.Uint64
+
+	// wbMu guards wbLo, wbHi and wbBytes: the span and amount of resync
+	// writes since writeback was last started (see noteResyncWrite).
+	wbMu       sync.Mutex
+	wbLo, wbHi int64
+	wbBytes    int64
+}
+
+// writebackEvery is how many bytes of resync writes a SyncTarget with a
+// page-cache backed disk lets accumulate before it starts their
+// writeback. DRBD's resync writes go to the disk as they arrive; without
+// this, a file-backed SyncTarget would write the whole resync out in its
+// final flush, after the data had all arrived.
+const writebackEvery = 8 << 20
+
+// noteResyncWrite records a resync write of [off, off+n) and starts the
+// writeback of what accumulated once there is enough of it.
+func (y *syncState) noteResyncWrite(ld *localDisk, off, n int64) {
+	y.wbMu.Lock()
+	if y.wbBytes == 0 {
+		y.wbLo, y.wbHi = off, off+n
+	} else {
+		y.wbLo, y.wbHi = min(y.wbLo, off), max(y.wbHi, off+n)
+	}
+	y.wbBytes += n
+	if y.wbBytes < writebackEvery {
+		y.wbMu.Unlock()
+		return
+	}
+	lo, hi := y.wbLo, y.wbHi
+	y.wbBytes = 0
+	y.wbMu.Unlock()
+	if err := bdev.StartWriteback(ld.dev, lo, hi-lo); err != nil {
+		y.s.r.logf("resync: starting writeback: %v", err)
+	}
 }
 
 // rsRequest is an outstanding resync request on the SyncTarget.
@@ -413,6 +449,9 @@ func (y *syncState) gotData(d protocol.Data) error {
 		} else {
 			r.io.diskWrite.Add(uint64(n))
 			y.resyncIO.Add(uint64(n))
+			if inline {
+				y.noteResyncWrite(ld, off, n)
+			}
 		}
 		y.complete(d.Sector, uint32(n), outcome)
 		if partial := touched &^ full; partial != 0 && err == nil {
