@@ -93,7 +93,11 @@ func TestProtocolCNeverLosesAckedWrites(t *testing.T) {
 // reconnects and resyncs.
 func TestSecondaryKilledUnderLoad(t *testing.T) {
 	RequireTools(t, "fio")
-	p := NewPair(t, PairOptions{Protocol: "C"})
+	// The resync runs while the load goes on; with DRBD's default
+	// c-min-rate (250 KiB/s) it would give way to the load and crawl.
+	// This test is about surviving the Secondary's death; the throttle
+	// has tests of its own (TestResyncUnderWriteLoad).
+	p := NewPair(t, PairOptions{Protocol: "C", Disk: map[string]string{"c-min-rate": "0"}})
 	p.Up(t)
 	p.InitialSync(t, p.A)
 
