@@ -306,6 +306,24 @@ func (ld *localDisk) setAllOutOfSync() error {
 	return ld.md.SetAllAndWrite()
 }
 
+// syncDataAndBitmap makes the data device durable and then writes the
+// dirty bitmap pages, with the bitmap locked throughout: no bit can be
+// cleared between the two steps, so a bit that is clear on disk always
+// stands for data that is on disk. Resync progress is persisted this way.
+func (ld *localDisk) syncDataAndBitmap() error {
+	ld.mu.Lock()
+	defer ld.mu.Unlock()
+	if err := ld.dev.Sync(); err != nil {
+		return err
+	}
+	n := len(ld.md.Bitmap().DirtyPages())
+	if n == 0 {
+		return nil
+	}
+	ld.io.bmWrites.Add(uint64(n))
+	return ld.md.FlushBitmap()
+}
+
 // flushBitmap writes changed bitmap pages.
 func (ld *localDisk) flushBitmap() error {
 	ld.mu.Lock()

@@ -54,11 +54,13 @@ type syncState struct {
 	// the rest of its disk I/O can be told apart as application I/O.
 	resyncIO atomic.Uint64
 
-	// wbMu guards wbLo, wbHi and wbBytes: the span and amount of resync
-	// writes since writeback was last started (see noteResyncWrite).
+	// wbMu guards wbLo, wbHi, wbBytes and wbRunning: the span and amount
+	// of resync writes since writeback was last started, and whether a
+	// writeback is being started (see noteResyncWrite).
 	wbMu       sync.Mutex
 	wbLo, wbHi int64
 	wbBytes    int64
+	wbRunning  bool
 }
 
 // writebackEvery is how many bytes of resync writes a SyncTarget with a
@@ -82,12 +84,30 @@ func (y *syncState) noteResyncWrite(ld *localDisk, off, n int64) {
 		y.wbMu.Unlock()
 		return
 	}
+	if y.wbRunning {
+		// The previous writeback is still being submitted; this span
+		// joins the next one.
+		y.wbMu.Unlock()
+		return
+	}
 	lo, hi := y.wbLo, y.wbHi
 	y.wbBytes = 0
+	y.wbRunning = true
 	y.wbMu.Unlock()
-	if err := bdev.StartWriteback(ld.dev, lo, hi-lo); err != nil {
-		y.s.r.logf("resync: starting writeback: %v", err)
-	}
+	// Submitting writeback is kernel work (finding the dirty pages,
+	// building the I/O) done by the calling thread: off the receiver, it
+	// runs on another CPU while the receiver takes in more data.
+	s := y.s
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := bdev.StartWriteback(ld.dev, lo, hi-lo); err != nil {
+			s.r.logf("resync: starting writeback: %v", err)
+		}
+		y.wbMu.Lock()
+		y.wbRunning = false
+		y.wbMu.Unlock()
+	}()
 }
 
 // rsRequest is an outstanding resync request on the SyncTarget.
@@ -339,11 +359,8 @@ func (y *syncState) persistProgress() {
 	if ld == nil {
 		return
 	}
-	if err := ld.dev.Sync(); err != nil {
-		return
-	}
-	if err := ld.flushBitmap(); err != nil {
-		r.logf("resync: writing the bitmap: %v", err)
+	if err := ld.syncDataAndBitmap(); err != nil {
+		r.logf("resync: persisting progress: %v", err)
 	}
 }
 
@@ -729,20 +746,16 @@ func (y *syncState) finishLocked() error {
 	if ld == nil {
 		return nil
 	}
-	if y.target {
-		// The resynced blocks must be on stable storage before the
-		// bitmap and UUIDs say so; with external metadata the metadata
-		// syncs below do not cover the data device.
-		if err := ld.dev.Sync(); err != nil {
-			return r.ioError("flush at the end of resync", 0, err)
-		}
+	// The resynced blocks reach stable storage before the bitmap says
+	// they are in sync (with external metadata the metadata syncs do not
+	// cover the data device), and the bitmap before the UUIDs say the
+	// resync is over.
+	if err := ld.syncDataAndBitmap(); err != nil {
+		return r.ioError("flush at the end of resync", 0, err)
 	}
 	ns := r.State()
 	primary := ns.Role == replication.Primary
 	if err := ld.updateUUIDs(func(u *meta.UUIDs) { u.FinishResync(y.target, y.peerUUIDs, primary) }); err != nil {
-		return err
-	}
-	if err := ld.flushBitmap(); err != nil {
 		return err
 	}
 	ns.Conn = replication.Connected
