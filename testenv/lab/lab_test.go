@@ -132,14 +132,12 @@ func TestLabScenario(t *testing.T) {
 	}
 }
 
-// TestLabDaemonRestartMounted restarts drbdd on a Primary whose /dev/nbd0
-// is mounted, once with SIGTERM and once with SIGKILL: the new drbdd finds
-// the device by its backend identifier and re-attaches it, a write issued
-// while no drbdd ran completes, and the filesystem stays intact.
-func TestLabDaemonRestartMounted(t *testing.T) {
-	requireLab(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
-	defer cancel()
+// oneNodeLab boots a lab of one VM, a, with its resource file written,
+// for the tests of the kernel device alone. It returns the VM, a scenario
+// to write and check files with, and must, which runs a shell command in
+// the VM and fails the test if the command fails.
+func oneNodeLab(ctx context.Context, t *testing.T) (*VM, *scenario, func(string) string) {
+	t.Helper()
 	l := newTestLab(t, "a")
 	if err := l.Boot(ctx); err != nil {
 		t.Fatal(err)
@@ -157,6 +155,18 @@ func TestLabDaemonRestartMounted(t *testing.T) {
 	if err := writeResource(ctx, l, a, 0); err != nil {
 		t.Fatal(err)
 	}
+	return a, s, must
+}
+
+// TestLabDaemonRestartMounted restarts drbdd on a Primary whose /dev/nbd0
+// is mounted, once with SIGTERM and once with SIGKILL: the new drbdd finds
+// the device by its backend identifier and re-attaches it, a write issued
+// while no drbdd ran completes, and the filesystem stays intact.
+func TestLabDaemonRestartMounted(t *testing.T) {
+	requireLab(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	a, s, must := oneNodeLab(ctx, t)
 	if err := startDrbdd(ctx, a); err != nil {
 		t.Fatal(err)
 	}
@@ -226,28 +236,12 @@ func TestLabKernelLinkDead(t *testing.T) {
 	requireLab(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	l := newTestLab(t, "a")
-	if err := l.Boot(ctx); err != nil {
-		t.Fatal(err)
-	}
-	a := l.VM("a")
-	s := &scenario{ctx: ctx, l: l, o: ScenarioOptions{Out: &lineLogger{t: t}}, rep: &ScenarioReport{}}
-	must := func(cmd string) string {
-		t.Helper()
-		out, err := MustRun(ctx, a, cmd)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return out
-	}
-	if err := writeResource(ctx, l, a, 0); err != nil {
-		t.Fatal(err)
-	}
+	a, s, must := oneNodeLab(ctx, t)
 	// The fault fires once, this long after /dev/nbd0 is attached: after
 	// mkfs and mount, while the files below are being written.
-	must(`DRBDD_FAULT_KERNEL_LINK_AFTER=12s setsid drbdd </dev/null >>/var/log/drbdd.log 2>&1 &
-for i in $(seq 100); do [ -S /run/drbdd/drbdd.sock ] && exit 0; sleep 0.1; done
-echo "drbdd did not create its control socket:"; cat /var/log/drbdd.log; exit 1`)
+	if err := startDrbddEnv(ctx, a, "DRBDD_FAULT_KERNEL_LINK_AFTER=12s"); err != nil {
+		t.Fatal(err)
+	}
 	must("drbdadm create-md --force r0 && drbdadm up r0 && drbdadm primary --force r0")
 	must("mkfs.ext4 -q -F /dev/nbd0 && mkdir -p /mnt/r0 && mount -t ext4 /dev/nbd0 /mnt/r0")
 	must(loadCmd("load"))

@@ -180,8 +180,12 @@ func ResourceYAML(nodes []string, alExtents int) string {
 }
 
 // startDrbdd starts the daemon in v and waits for its control socket.
-func startDrbdd(ctx context.Context, v *VM) error {
-	_, err := MustRun(ctx, v, `setsid drbdd </dev/null >>/var/log/drbdd.log 2>&1 &
+func startDrbdd(ctx context.Context, v *VM) error { return startDrbddEnv(ctx, v, "") }
+
+// startDrbddEnv is startDrbdd with environment assignments (NAME=value
+// words) for the daemon.
+func startDrbddEnv(ctx context.Context, v *VM, env string) error {
+	_, err := MustRun(ctx, v, env+` setsid drbdd </dev/null >>/var/log/drbdd.log 2>&1 &
 for i in $(seq 100); do [ -S /run/drbdd/drbdd.sock ] && exit 0; sleep 0.1; done
 echo "drbdd did not create its control socket:"; cat /var/log/drbdd.log; exit 1`)
 	return err
