@@ -127,8 +127,19 @@ func (c *Conn) WritePacket(cmd Cmd, payload ...[]byte) error {
 			bufs = append(bufs, p)
 		}
 	}
+	if vw, ok := c.rw.(VectorWriter); ok {
+		return vw.WriteVectors(bufs)
+	}
 	_, err := bufs.WriteTo(c.rw)
 	return err
+}
+
+// VectorWriter is implemented by writers that can write several buffers
+// at once without first copying them together. WritePacket hands a large
+// packet's header and payload parts to WriteVectors when the Conn's
+// writer has it; the writer must be done with the buffers when it returns.
+type VectorWriter interface {
+	WriteVectors(bufs [][]byte) error
 }
 
 // WritePayload encodes p and writes it as a cmd packet.

@@ -294,3 +294,57 @@ func TestAuthenticateReflection(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// vectorRecorder is a writer with WriteVectors that records how each
+// packet reached it.
+type vectorRecorder struct {
+	bytes.Buffer
+	vectored, copied int
+}
+
+func (v *vectorRecorder) Write(p []byte) (int, error) {
+	v.copied++
+	return v.Buffer.Write(p)
+}
+
+func (v *vectorRecorder) WriteVectors(bufs [][]byte) error {
+	v.vectored++
+	for _, b := range bufs {
+		v.Buffer.Write(b)
+	}
+	return nil
+}
+
+func (v *vectorRecorder) Read([]byte) (int, error) { return 0, io.EOF }
+
+// TestWritePacketVectors: a packet larger than copyThreshold goes to a
+// VectorWriter in one WriteVectors call, a small one in one Write, and
+// both frame the same bytes as a plain writer gets.
+func TestWritePacketVectors(t *testing.T) {
+	head := bytes.Repeat([]byte{1}, 24)
+	for _, size := range []int{4096, copyThreshold, 1 << 20} {
+		body := bytes.Repeat([]byte{byte(size)}, size)
+		var plain bytes.Buffer
+		pc := NewConn(struct {
+			io.Reader
+			io.Writer
+		}{bytes.NewReader(nil), &plain})
+		pc.SetVersion(101)
+		if err := pc.WritePacket(PData, head, body); err != nil {
+			t.Fatal(err)
+		}
+		rec := &vectorRecorder{}
+		vc := NewConn(rec)
+		vc.SetVersion(101)
+		if err := vc.WritePacket(PData, head, body); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(rec.Bytes(), plain.Bytes()) {
+			t.Fatalf("%d-byte body: vectored framing differs from the plain one", size)
+		}
+		big := HeaderSize100+len(head)+size > copyThreshold
+		if big && (rec.vectored != 1 || rec.copied != 0) || !big && (rec.vectored != 0 || rec.copied != 1) {
+			t.Errorf("%d-byte body: %d vectored and %d plain writes", size, rec.vectored, rec.copied)
+		}
+	}
+}

@@ -27,10 +27,10 @@ type sockWriter struct {
 	// flushes except to bound the buffer, and the last uncork flushes.
 	corks atomic.Int32
 
-	// mu guards bw, pc and flushPending, and serializes writes to nc.
-	mu sync.Mutex
-	bw *bufio.Writer
-	pc *protocol.Conn
+	// mu guards out, pc and flushPending, and serializes writes to nc.
+	mu  sync.Mutex
+	out *sockBuffer
+	pc  *protocol.Conn
 	// flushPending is set while a writer that appended a packet is
 	// yielding before it flushes: later writers leave the flush to it.
 	flushPending bool
@@ -40,14 +40,60 @@ type sockWriter struct {
 const flushAt = 192 << 10
 
 func newSockWriter(nc net.Conn, rd *bufio.Reader, version int, timeout time.Duration) (*sockWriter, *protocol.Conn) {
-	w := &sockWriter{nc: nc, timeout: timeout, bw: bufio.NewWriterSize(nc, 256<<10)}
+	w := &sockWriter{nc: nc, timeout: timeout, out: &sockBuffer{nc: nc, timeout: timeout, pending: make([]byte, 0, 256<<10)}}
 	pc := protocol.NewConn(struct {
 		*bufio.Reader
-		*bufio.Writer
-	}{rd, w.bw})
+		*sockBuffer
+	}{rd, w.out})
 	pc.SetVersion(version)
 	w.pc = pc
 	return w, pc
+}
+
+// sockBuffer is a sockWriter's output buffer. Small packets are copied
+// into it and written out together by flush; a large packet (a data
+// block) goes out at once with what is pending, in one vectored write
+// straight from the caller's buffers, so that data blocks are not
+// copied. The sockWriter's mu guards it.
+type sockBuffer struct {
+	nc      net.Conn
+	timeout time.Duration
+	pending []byte
+}
+
+// Write appends p to the pending bytes.
+func (b *sockBuffer) Write(p []byte) (int, error) {
+	b.pending = append(b.pending, p...)
+	return len(p), nil
+}
+
+// WriteVectors writes the pending bytes and then bufs, with one system
+// call where the connection allows (writev); protocol.Conn calls it for
+// large packets.
+func (b *sockBuffer) WriteVectors(bufs [][]byte) error {
+	v := make(net.Buffers, 0, 1+len(bufs))
+	if len(b.pending) > 0 {
+		v = append(v, b.pending)
+	}
+	v = append(v, bufs...)
+	b.nc.SetWriteDeadline(time.Now().Add(b.timeout))
+	_, err := v.WriteTo(b.nc)
+	b.pending = b.pending[:0]
+	return err
+}
+
+// buffered returns how many bytes are pending.
+func (b *sockBuffer) buffered() int { return len(b.pending) }
+
+// flush writes the pending bytes.
+func (b *sockBuffer) flush() error {
+	if len(b.pending) == 0 {
+		return nil
+	}
+	b.nc.SetWriteDeadline(time.Now().Add(b.timeout))
+	_, err := b.nc.Write(b.pending)
+	b.pending = b.pending[:0]
+	return err
 }
 
 // send writes one packet; parts are concatenated into its payload.
@@ -90,7 +136,10 @@ func (w *sockWriter) queuePair(cmd1 protocol.Cmd, p1 []byte, cmd2 protocol.Cmd, 
 // afterAppendLocked decides who flushes what was just appended. Caller
 // holds mu.
 func (w *sockWriter) afterAppendLocked() (flush bool, err error) {
-	if w.bw.Buffered() >= flushAt {
+	switch n := w.out.buffered(); {
+	case n == 0:
+		return false, nil // written already (a large packet)
+	case n >= flushAt:
 		return false, w.flushLocked()
 	}
 	if w.flushPending || w.corks.Load() > 0 {
@@ -112,13 +161,7 @@ func (w *sockWriter) flushQueued() error {
 }
 
 // flushLocked writes the buffer out. Caller holds mu.
-func (w *sockWriter) flushLocked() error {
-	if w.bw.Buffered() == 0 {
-		return nil
-	}
-	w.nc.SetWriteDeadline(time.Now().Add(w.timeout))
-	return w.bw.Flush()
-}
+func (w *sockWriter) flushLocked() error { return w.out.flush() }
 
 // cork holds back flushes: packets sent while corked stay buffered until
 // uncork. The receiver corks the ack socket while it works through input
