@@ -15,8 +15,11 @@
 #       to completion; clat alone shifts with how the nbd engine splits
 #       slat/clat, so it is shown for information only),
 #       4 KiB random write QD32 (IOPS), 1 MiB sequential write QD8 (MB/s).
-# Jobs run job by job (each target in turn, `sync` between runs), so the
-# targets see the same machine state.
+# Jobs run job by job, in rounds (each round runs every target in turn,
+# `sync` between runs), so the targets see the same machine state; each
+# figure is the median of its rounds, which keeps one disturbed run (this
+# host's page cache and writeback make single runs swing by a third) from
+# deciding a ratio.
 #
 # Ratios printed (targets): drbdd/nbdkit at QD32 and seq (>= 0.9),
 # replicated/single seq (>= 0.8) and QD32 (>= 0.7), and QD1 latency
@@ -29,10 +32,12 @@
 # wire) with dd copying the same bytes between the same kind of files
 # (median of three copies).
 #
-# Usage: scripts/bench.sh [--quick] [--runtime SEC] [--file-mib N]
-#                         [--bin DIR] [--keep] [--resync-mib N]
-#   --quick       3 s jobs, 1 s ramp, 256 MiB files (a smoke run; < 1.5 min)
-#   --runtime S   seconds per job (default 15, ramp 3)
+# Usage: scripts/bench.sh [--quick] [--runtime SEC] [--rounds N]
+#                         [--file-mib N] [--bin DIR] [--keep] [--resync-mib N]
+#   --quick       one round of 3 s jobs, 1 s ramp, 256 MiB files (a smoke
+#                 run; < 1.5 min)
+#   --runtime S   seconds per job and round (default 8, ramp 2)
+#   --rounds N    rounds of every job (default 3)
 #   --file-mib N  backing file size (default 1024, quick 256)
 #   --bin DIR     use drbdd/drbdadm from DIR instead of building them
 #   --keep        keep the work directory (logs, fio JSON) for inspection
@@ -41,12 +46,13 @@ set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-QUICK=0 RUNTIME=15 RAMP=3 FILE_MIB="" BIN="" KEEP=0 RESYNC_MIB=256
+QUICK=0 RUNTIME=8 RAMP=2 ROUNDS=3 FILE_MIB="" BIN="" KEEP=0 RESYNC_MIB=256
 CONNECT_TIMEOUT=60 SYNC_TIMEOUT=90
 while (($#)); do
 	case "$1" in
-	--quick) QUICK=1 RUNTIME=3 RAMP=1 SYNC_TIMEOUT=30 ;;
+	--quick) QUICK=1 RUNTIME=3 RAMP=1 ROUNDS=1 SYNC_TIMEOUT=30 ;;
 	--runtime) RUNTIME=$2 RAMP=$(($2 >= 10 ? 3 : 1)); shift ;;
+	--rounds) ROUNDS=$2; shift ;;
 	--file-mib) FILE_MIB=$2; shift ;;
 	--bin) BIN=$2; shift ;;
 	--keep) KEEP=1 ;;
@@ -249,9 +255,10 @@ EOF
 }
 
 # ---- measurements --------------------------------------------------------
-# run_fio TARGET JOB URI: one fio job; appends "target job iops clat_us MB/s".
+# run_fio TARGET JOB URI ROUND: one fio job; appends "target job iops
+# lat_us clat_us MB/s".
 run_fio() {
-	local target=$1 job=$2 uri=$3 args out=$WORK/fio-$1-$2.json
+	local target=$1 job=$2 uri=$3 args out=$WORK/fio-$1-$2-$4.json
 	case "$job" in
 	qd1) args=(--rw=randwrite --bs=4k --iodepth=1) ;;
 	qd32) args=(--rw=randwrite --bs=4k --iodepth=32) ;;
@@ -387,10 +394,16 @@ PYEOF
 report() {
 	"$PY" - "$RESULTS" "${RTT_PING_US:-}" "${RTT_TCP_US:-}" <<'EOF'
 import sys
-res = {}
+import statistics
+runs = {}
 for line in open(sys.argv[1]):
     t, job, iops, lat, clat, mbs = line.rstrip("\n").split("\t")
-    res[(t, job)] = (float(iops), float(lat), float(mbs), float(clat))
+    runs.setdefault((t, job), []).append((float(iops), float(lat), float(mbs), float(clat)))
+# Each figure is the median of the rounds, field by field.
+res = {k: tuple(statistics.median(r[i] for r in v) for i in range(4)) for k, v in runs.items()}
+rounds = max(len(v) for v in runs.values())
+if rounds > 1:
+    print("\nmedians of %d rounds (each round runs every target in turn)" % rounds)
 rtt_ping = float(sys.argv[2]) if sys.argv[2] else None
 rtt_tcp = float(sys.argv[3]) if sys.argv[3] else None
 targets = [t for t in ("nbdkit", "single", "replicated") if (t, "qd1") in res]
@@ -429,7 +442,7 @@ EOF
 
 # ---- main ----------------------------------------------------------------
 echo "drbdd bench: $(date -u +%FT%TZ), $(nproc) CPUs, kernel $(uname -r), $(fio --version), nbdkit $(nbdkit --version | awk '{print $2}')"
-echo "backing files ${FILE_MIB} MiB (fallocate), fio --size ${FIO_SIZE_MIB} MiB, ${RUNTIME} s per job + ${RAMP} s ramp, NBD over TCP loopback"
+echo "backing files ${FILE_MIB} MiB (fallocate), fio --size ${FIO_SIZE_MIB} MiB, ${ROUNDS} rounds of ${RUNTIME} s per job + ${RAMP} s ramp, NBD over TCP loopback"
 start_nbdkit
 start_single
 TARGETS=(nbdkit single)
@@ -442,14 +455,16 @@ if start_replicated; then
 fi
 measure_rtt
 for job in qd1 qd32 seq; do
-	for i in "${!TARGETS[@]}"; do
-		t=${TARGETS[$i]}
-		case $t in
-		nbdkit) kill -0 "$NBDKIT_PID" 2>/dev/null || die "nbdkit died" ;;
-		single) alive single || die "drbdd single died (log: $WORK/single/drbdd.log)" ;;
-		replicated) { alive alice && alive bob; } || die "a replicated drbdd died" ;;
-		esac
-		run_fio "$t" "$job" "${URIS[$i]}"
+	for ((round = 1; round <= ROUNDS; round++)); do
+		for i in "${!TARGETS[@]}"; do
+			t=${TARGETS[$i]}
+			case $t in
+			nbdkit) kill -0 "$NBDKIT_PID" 2>/dev/null || die "nbdkit died" ;;
+			single) alive single || die "drbdd single died (log: $WORK/single/drbdd.log)" ;;
+			replicated) { alive alice && alive bob; } || die "a replicated drbdd died" ;;
+			esac
+			run_fio "$t" "$job" "${URIS[$i]}" "$round"
+		done
 	done
 done
 if [[ " ${TARGETS[*]} " == *" replicated "* ]]; then
