@@ -105,41 +105,59 @@ func (c *CompressedBitmap) Runs(fn func(run uint64) error) error {
 // protocol version: the socket buffer minus the header.
 func bitmapDataSize(version int) int { return SocketBufferSize - HeaderSizeFor(version) }
 
-func setBitRange(words []uint64, s, e uint64) { // sets bits s..e inclusive
-	for s <= e {
-		w, b := s/64, s%64
-		n := uint64(64) - b
-		if e-s+1 < n {
-			n = e - s + 1
-		}
-		words[w] |= lowMask(uint(n)) << b
-		s += n
+// WordSource is a bitmap a BitmapSender reads, as 64-bit words (bit i is
+// bit i%64 of word i/64). ReadWords copies words [off, off+len(dst)) into
+// dst. It lets a sender stream a bitmap kept elsewhere, a window at a
+// time, instead of copying all of it first.
+type WordSource interface {
+	ReadWords(dst []uint64, off uint64)
+}
+
+// WordSink is a bitmap a BitmapReceiver merges into: OrWords ORs src into
+// words [off, off+len(src)).
+type WordSink interface {
+	OrWords(src []uint64, off uint64)
+}
+
+// sliceWords is a bitmap held in a slice, as both source and sink.
+type sliceWords []uint64
+
+func (w sliceWords) ReadWords(dst []uint64, off uint64) { copy(dst, w[off:]) }
+
+func (w sliceWords) OrWords(src []uint64, off uint64) {
+	for i, v := range src {
+		w[off+uint64(i)] |= v
 	}
 }
 
-// findNext returns the index of the first bit >= from that is set (want
-// true) or clear (want false), or nbits if there is none.
-func findNext(words []uint64, nbits, from uint64, want bool) uint64 {
-	for from < nbits {
-		w := words[from/64]
-		if !want {
-			w = ^w
+// senderWindow is how many words a BitmapSender reads from its source at
+// a time.
+const senderWindow = 4096
+
+// orBitRange sets bits s..e inclusive in dst, a word at a time through buf
+// (a scratch slice of at least one word).
+func orBitRange(dst WordSink, buf []uint64, s, e uint64) {
+	for s <= e {
+		first := s / 64
+		n := 0
+		for s <= e && n < len(buf) {
+			b := s % 64
+			k := min(uint64(64)-b, e-s+1)
+			buf[n] = lowMask(uint(k)) << b
+			n++
+			s += k
 		}
-		w &= ^uint64(0) << (from % 64)
-		if w != 0 {
-			pos := from&^63 + uint64(bits.TrailingZeros64(w))
-			return min(pos, nbits)
-		}
-		from = from&^63 + 64
+		dst.OrWords(buf[:n], first)
 	}
-	return nbits
 }
 
 // BitmapReceiver merges a peer's bitmap transfer (P_BITMAP and
 // P_COMPRESSED_BITMAP packets) into a local bitmap by OR-ing, exactly as
 // DRBD's receive_bitmap() does, including its packet size rules.
 type BitmapReceiver struct {
-	words      []uint64
+	dst        WordSink
+	nwords     uint64
+	scratch    []uint64
 	nbits      uint64
 	dataSize   int
 	wordOffset uint64
@@ -157,7 +175,15 @@ func NewBitmapReceiver(words []uint64, nbits uint64, version int) (*BitmapReceiv
 	if uint64(len(words)) != BitmapWords(nbits) {
 		return nil, fmt.Errorf("bitmap of %d bits needs %d words, got %d", nbits, BitmapWords(nbits), len(words))
 	}
-	return &BitmapReceiver{words: words, nbits: nbits, dataSize: bitmapDataSize(version), hdrSize: HeaderSizeFor(version)}, nil
+	return NewBitmapReceiverInto(sliceWords(words), nbits, version), nil
+}
+
+// NewBitmapReceiverInto returns a receiver merging into dst, a bitmap of
+// nbits bits, packet by packet, for packets framed under the agreed
+// protocol version. It never sets a bit at or past nbits.
+func NewBitmapReceiverInto(dst WordSink, nbits uint64, version int) *BitmapReceiver {
+	ds := bitmapDataSize(version)
+	return &BitmapReceiver{dst: dst, nwords: BitmapWords(nbits), scratch: make([]uint64, ds/8+1), nbits: nbits, dataSize: ds, hdrSize: HeaderSizeFor(version)}
 }
 
 // Done reports whether the transfer is complete.
@@ -192,8 +218,7 @@ func (r *BitmapReceiver) Receive(cmd Cmd, payload []byte) (done bool, err error)
 }
 
 func (r *BitmapReceiver) receivePlain(payload []byte) error {
-	total := uint64(len(r.words))
-	n := min(uint64(r.dataSize/8), total-r.wordOffset)
+	n := min(uint64(r.dataSize/8), r.nwords-r.wordOffset)
 	if uint64(len(payload)) != n*8 {
 		return fmt.Errorf("%w: P_BITMAP carries %d bytes, expected %d", ErrMalformed, len(payload), n*8)
 	}
@@ -201,20 +226,20 @@ func (r *BitmapReceiver) receivePlain(payload []byte) error {
 		r.done = true
 		return nil
 	}
-	for i := uint64(0); i < n; i++ {
-		r.words[r.wordOffset+i] |= binary.LittleEndian.Uint64(payload[8*i:])
+	words := r.scratch[:n]
+	for i := range words {
+		words[i] = binary.LittleEndian.Uint64(payload[8*i:])
 	}
+	if r.wordOffset+n == r.nwords {
+		// The bits past nbits in the last word are not the bitmap's.
+		if tail := r.nbits % 64; tail != 0 {
+			words[n-1] &= lowMask(uint(tail))
+		}
+	}
+	r.dst.OrWords(words, r.wordOffset)
 	r.wordOffset += n
 	r.bitOffset = min(r.wordOffset*64, r.nbits)
-	r.clearSurplus()
 	return nil
-}
-
-// clearSurplus clears the bits past nbits in the last word.
-func (r *BitmapReceiver) clearSurplus() {
-	if tail := r.nbits % 64; tail != 0 {
-		r.words[len(r.words)-1] &= lowMask(uint(tail))
-	}
 }
 
 func (r *BitmapReceiver) receiveCompressed(payload []byte) error {
@@ -232,7 +257,7 @@ func (r *BitmapReceiver) receiveCompressed(payload []byte) error {
 			return fmt.Errorf("%w: bitmap overflow: run of %d bits at bit %d of %d", ErrMalformed, rl, s, r.nbits)
 		}
 		if toggle {
-			setBitRange(r.words, s, s+rl-1)
+			orBitRange(r.dst, r.scratch, s, s+rl-1)
 		}
 		s += rl
 		toggle = !toggle
@@ -253,7 +278,10 @@ func (r *BitmapReceiver) receiveCompressed(payload []byte) error {
 // P_BITMAP with as many words as fit, ended by an empty P_BITMAP when the
 // plain words reach the end.
 type BitmapSender struct {
-	words      []uint64
+	src        WordSource
+	nwords     uint64
+	win        []uint64 // words [winOff, winOff+len(win)) of src
+	winOff     uint64
 	nbits      uint64
 	dataSize   int
 	useRLE     bool
@@ -272,14 +300,54 @@ func NewBitmapSender(words []uint64, nbits uint64, version int, useRLE bool) (*B
 	if uint64(len(words)) != BitmapWords(nbits) {
 		return nil, fmt.Errorf("bitmap of %d bits needs %d words, got %d", nbits, BitmapWords(nbits), len(words))
 	}
+	return NewBitmapSenderFrom(sliceWords(words), nbits, version, useRLE), nil
+}
+
+// NewBitmapSenderFrom returns a sender for src, a bitmap of nbits bits,
+// which it reads a window of words at a time while producing packets.
+// Bits set in src while the transfer runs may or may not be sent.
+func NewBitmapSenderFrom(src WordSource, nbits uint64, version int, useRLE bool) *BitmapSender {
 	ds := bitmapDataSize(version)
 	return &BitmapSender{
-		words:    words,
+		src:      src,
+		nwords:   BitmapWords(nbits),
 		nbits:    nbits,
 		dataSize: ds,
 		useRLE:   useRLE && version >= 90,
 		code:     make([]byte, ds-1),
-	}, nil
+	}
+}
+
+// word returns word i of the source, through the window.
+func (s *BitmapSender) word(i uint64) uint64 {
+	if i < s.winOff || i >= s.winOff+uint64(len(s.win)) {
+		n := min(senderWindow, s.nwords-i)
+		if cap(s.win) < senderWindow {
+			s.win = make([]uint64, senderWindow)
+		}
+		s.win = s.win[:n]
+		s.winOff = i
+		s.src.ReadWords(s.win, i)
+	}
+	return s.win[i-s.winOff]
+}
+
+// findNext returns the index of the first bit >= from that is set (want
+// true) or clear (want false), or nbits if there is none.
+func (s *BitmapSender) findNext(from uint64, want bool) uint64 {
+	for from < s.nbits {
+		w := s.word(from / 64)
+		if !want {
+			w = ^w
+		}
+		w &= ^uint64(0) << (from % 64)
+		if w != 0 {
+			pos := from&^63 + uint64(bits.TrailingZeros64(w))
+			return min(pos, s.nbits)
+		}
+		from = from&^63 + 64
+	}
+	return s.nbits
 }
 
 // Next appends the payload of the next packet to dst[:0] and returns its
@@ -296,9 +364,11 @@ func (s *BitmapSender) Next(dst []byte) (cmd Cmd, payload []byte, ok bool) {
 			return PCompressedBitmap, c.MarshalAppend(dst[:0]), true
 		}
 	}
-	n := min(uint64(s.dataSize/8), uint64(len(s.words))-s.wordOffset)
-	p := BitmapPlain{Words: s.words[s.wordOffset : s.wordOffset+n]}
-	payload = p.MarshalAppend(dst[:0])
+	n := min(uint64(s.dataSize/8), s.nwords-s.wordOffset)
+	payload = dst[:0]
+	for i := range n {
+		payload = binary.LittleEndian.AppendUint64(payload, s.word(s.wordOffset+i))
+	}
 	s.wordOffset += n
 	s.bitOffset = min(s.wordOffset*64, s.nbits)
 	if n == 0 {
@@ -322,7 +392,7 @@ func (s *BitmapSender) fillRLE() (CompressedBitmap, bool) {
 	first := true
 	setRun := false // polarity of the run being measured
 	for s.bitOffset < s.nbits {
-		next := findNext(s.words, s.nbits, s.bitOffset, !setRun)
+		next := s.findNext(s.bitOffset, !setRun)
 		rl := next - s.bitOffset
 		if first {
 			first = false

@@ -279,3 +279,77 @@ func TestFindNext(t *testing.T) {
 		t.Errorf("clamped: %d", got)
 	}
 }
+
+// countingWords is a slice bitmap that counts how it is read and written.
+type countingWords struct {
+	sliceWords
+	reads, maxRead int
+	ors            int
+}
+
+func (c *countingWords) ReadWords(dst []uint64, off uint64) {
+	c.reads++
+	c.maxRead = max(c.maxRead, len(dst))
+	c.sliceWords.ReadWords(dst, off)
+}
+
+func (c *countingWords) OrWords(src []uint64, off uint64) {
+	c.ors++
+	if off+uint64(len(src)) > uint64(len(c.sliceWords)) {
+		panic("OrWords past the end of the bitmap")
+	}
+	c.sliceWords.OrWords(src, off)
+}
+
+// TestBitmapStreaming: a bitmap many windows long goes from a WordSource
+// to a WordSink read a window at a time and merged packet by packet, for
+// dense (plain) and sparse (compressed) contents, and arrives whole, with
+// no bit set past the end.
+func TestBitmapStreaming(t *testing.T) {
+	const nbits = 40*senderWindow*64 - 7
+	for _, tc := range []struct {
+		name string
+		fill func(w []uint64)
+	}{
+		{"sparse", func(w []uint64) {
+			for b := uint64(3); b < nbits; b += 99991 {
+				setBitRange(w, b, min(b+700, nbits-1))
+			}
+		}},
+		{"dense", func(w []uint64) {
+			for i := range w {
+				w[i] = 0x9e3779b97f4a7c15 * uint64(i+1)
+			}
+			w[len(w)-1] &= lowMask(nbits % 64)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			src := &countingWords{sliceWords: make([]uint64, BitmapWords(nbits))}
+			tc.fill(src.sliceWords)
+			dst := &countingWords{sliceWords: make([]uint64, BitmapWords(nbits))}
+			dst.sliceWords[len(dst.sliceWords)-1] = 1 // a bit of our own survives the merge
+			s := NewBitmapSenderFrom(src, nbits, 101, true)
+			r := NewBitmapReceiverInto(dst, nbits, 101)
+			for !r.Done() {
+				cmd, p, ok := s.Next(nil)
+				if !ok {
+					t.Fatal("sender finished before the receiver")
+				}
+				if _, err := r.Receive(cmd, p); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want := slices.Clone(src.sliceWords)
+			want[len(want)-1] |= 1
+			if !slices.Equal(dst.sliceWords, want) {
+				t.Fatal("the merged bitmap differs")
+			}
+			if src.maxRead > senderWindow || src.reads < 40 {
+				t.Errorf("source read %d times, at most %d words: not windowed", src.reads, src.maxRead)
+			}
+			if dst.ors == 0 {
+				t.Error("nothing merged into the sink")
+			}
+		})
+	}
+}

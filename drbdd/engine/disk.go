@@ -347,42 +347,46 @@ func (ld *localDisk) clearRange(off, n int64) {
 // completely: both sides now hold the same bytes there.
 func (ld *localDisk) clearFullBlocks(off, n int64) { ld.clearRange(off, n) }
 
-// bitmapWords returns a snapshot of the bitmap as 64-bit words for
-// P_BITMAP, and its size in bits.
-func (ld *localDisk) bitmapWords() ([]uint64, uint64) {
-	ld.mu.Lock()
-	defer ld.mu.Unlock()
-	bm := ld.md.Bitmap()
-	n := bm.Words()
-	words := make([]uint64, n)
-	const chunk = 4096
-	buf := make([]byte, 0, chunk*8)
-	for off := int64(0); off < n; off += chunk {
-		buf = bm.AppendWords(buf[:0], off, chunk)
-		for i := 0; i*8 < len(buf); i++ {
-			words[off+int64(i)] = binary.LittleEndian.Uint64(buf[i*8:])
-		}
-	}
-	return words, uint64(bm.Len())
+// liveBitmap gives the bitmap exchange the local disk's bitmap a window
+// of words at a time, each under the disk's lock, so that neither our
+// bitmap nor the peer's is ever copied whole (32 MiB per TiB each). One
+// goroutine uses one liveBitmap.
+type liveBitmap struct {
+	ld  *localDisk
+	buf []byte
+	err error // the first error merging into the bitmap
 }
 
-// mergeBitmapWords ORs the peer's bitmap into ours and writes it.
-func (ld *localDisk) mergeBitmapWords(words []uint64) error {
+// ReadWords copies words [off, off+len(dst)) of the bitmap into dst.
+func (b *liveBitmap) ReadWords(dst []uint64, off uint64) {
+	b.ld.mu.Lock()
+	b.buf = b.ld.md.Bitmap().AppendWords(b.buf[:0], int64(off), int64(len(dst)))
+	b.ld.mu.Unlock()
+	clear(dst)
+	for i := 0; i*8 < len(b.buf) && i < len(dst); i++ {
+		dst[i] = binary.LittleEndian.Uint64(b.buf[i*8:])
+	}
+}
+
+// OrWords ORs the peer's words into the bitmap at word off.
+func (b *liveBitmap) OrWords(src []uint64, off uint64) {
+	b.buf = b.buf[:0]
+	for _, w := range src {
+		b.buf = binary.LittleEndian.AppendUint64(b.buf, w)
+	}
+	b.ld.mu.Lock()
+	_, err := b.ld.md.Bitmap().MergeWords(int64(off), b.buf)
+	b.ld.mu.Unlock()
+	if err != nil && b.err == nil {
+		b.err = err
+	}
+}
+
+// bitmapBits returns the number of bits in the bitmap.
+func (ld *localDisk) bitmapBits() uint64 {
 	ld.mu.Lock()
 	defer ld.mu.Unlock()
-	bm := ld.md.Bitmap()
-	const chunk = 4096
-	buf := make([]byte, 0, chunk*8)
-	for off := 0; off < len(words); off += chunk {
-		buf = buf[:0]
-		for _, w := range words[off:min(off+chunk, len(words))] {
-			buf = binary.LittleEndian.AppendUint64(buf, w)
-		}
-		if _, err := bm.MergeWords(int64(off), buf); err != nil {
-			return err
-		}
-	}
-	return ld.md.FlushBitmap()
+	return uint64(ld.md.Bitmap().Len())
 }
 
 // clearAllInSync marks the whole device in sync on disk.

@@ -345,13 +345,14 @@ func (s *session) startSync(d meta.Decision, peerState protocol.State, peerUUIDs
 }
 
 // exchangeBitmaps sends our bitmap and merges the peer's, concurrently so
-// that two large bitmaps cannot deadlock on full socket buffers.
+// that two large bitmaps cannot deadlock on full socket buffers. Both
+// stream through the live bitmap (liveBitmap): the sender may pick up
+// some of the peer's bits merged meanwhile, which changes nothing, as
+// each side ends with the union of the two bitmaps anyway. Application
+// writes are held off (writeGate) while this runs.
 func (s *session) exchangeBitmaps(ld *localDisk) error {
-	words, nbits := ld.bitmapWords()
-	sender, err := protocol.NewBitmapSender(words, nbits, s.version, true)
-	if err != nil {
-		return err
-	}
+	nbits := ld.bitmapBits()
+	sender := protocol.NewBitmapSenderFrom(&liveBitmap{ld: ld}, nbits, s.version, true)
 	sent := make(chan error, 1)
 	go func() {
 		buf := make([]byte, protocol.SocketBufferSize)
@@ -368,11 +369,8 @@ func (s *session) exchangeBitmaps(ld *localDisk) error {
 		}
 		sent <- nil
 	}()
-	peerWords := make([]uint64, len(words))
-	recv, err := protocol.NewBitmapReceiver(peerWords, nbits, s.version)
-	if err != nil {
-		return err
-	}
+	sink := &liveBitmap{ld: ld}
+	recv := protocol.NewBitmapReceiverInto(sink, nbits, s.version)
 	for !recv.Done() {
 		h, payload, err := s.data.ReadPacket(protocol.MaxPayload)
 		if err != nil {
@@ -382,13 +380,16 @@ func (s *session) exchangeBitmaps(ld *localDisk) error {
 		if _, err := recv.Receive(h.Cmd, payload); err != nil {
 			return protoErr("bitmap: %v", err)
 		}
+		if sink.err != nil {
+			return fmt.Errorf("merging the peer's bitmap: %w", sink.err)
+		}
 	}
 	if err := <-sent; err != nil {
 		return fmt.Errorf("sending bitmap: %w", err)
 	}
 	pp, pb, rp, rb := recv.Stats()
 	s.r.logf("%s: receive bitmap stats [Bytes(packets)]: plain %d(%d), RLE %d(%d)", s.c.peerName, pb, pp, rb, rp)
-	return ld.mergeBitmapWords(peerWords)
+	return ld.flushBitmap()
 }
 
 // sendState tells the peer our current state (P_STATE).
