@@ -19,6 +19,9 @@ type replyWriter struct {
 	// done is called for each request once its reply has been written or
 	// dropped; it releases what the request holds.
 	done func(*request)
+	// company, if not nil, reports whether other requests are in flight,
+	// whose replies could share the next write.
+	company func() bool
 
 	mu       sync.Mutex // guards queue, flushing and err
 	queue    []*request // replies waiting to be written
@@ -49,14 +52,16 @@ func (w *replyWriter) send(r *request, errno Errno, withData bool) {
 		return
 	}
 	w.flushing = true
-	// Let the goroutines that are ready to run go first: under load they
-	// are mostly workers about to queue their own replies, which then
-	// share this write instead of each paying for a system call (and
-	// waking the client) on its own. With nothing else runnable this
-	// returns at once.
-	w.mu.Unlock()
-	runtime.Gosched()
-	w.mu.Lock()
+	if w.company != nil && w.company() {
+		// Let the goroutines that are ready to run go first: under load
+		// they are mostly workers about to queue their own replies,
+		// which then share this write instead of each paying for a
+		// system call (and waking the client) on its own. A lone request
+		// is answered at once.
+		w.mu.Unlock()
+		runtime.Gosched()
+		w.mu.Lock()
+	}
 	for {
 		w.batch, w.queue = w.queue, w.batch[:0]
 		w.mu.Unlock()

@@ -90,6 +90,7 @@ func serveTransmission(ctx context.Context, c net.Conn, br *bufio.Reader, e *Exp
 	}
 	t.lim.init(maxN, maxBytes)
 	t.out.c = c
+	t.out.company = func() bool { return t.lim.inFlight.Load() > 1 }
 	t.out.done = func(r *request) {
 		t.lim.release(r.weight)
 		r.free()
@@ -358,6 +359,8 @@ type limiter struct {
 	bytes    int64      // payload bytes in flight
 	maxN     int
 	maxBytes int64
+	// inFlight mirrors n for readers that do not take mu.
+	inFlight atomic.Int32
 }
 
 func (l *limiter) init(maxN int, maxBytes int64) {
@@ -374,6 +377,7 @@ func (l *limiter) acquire(w int64) {
 	}
 	l.n++
 	l.bytes += w
+	l.inFlight.Store(int32(l.n))
 	l.mu.Unlock()
 }
 
@@ -382,6 +386,7 @@ func (l *limiter) release(w int64) {
 	l.mu.Lock()
 	l.n--
 	l.bytes -= w
+	l.inFlight.Store(int32(l.n))
 	l.mu.Unlock()
 	l.cond.Signal()
 }

@@ -179,6 +179,10 @@ func newSession(c *connection, data, meta *protocol.Conn, dataNC, metaNC net.Con
 	// combine concurrent packets into one.
 	s.dataRd = bufio.NewReaderSize(dataNC, 256<<10)
 	s.dataW, s.data = newSockWriter(dataNC, s.dataRd, s.version, s.writeTimeout)
+	// Application writes in flight, or a resync or verify run, mean more
+	// data packets are coming: their senders share flushes. A lone write
+	// at queue depth one goes out at once.
+	s.dataW.company = func() bool { return s.r.io.appPending.Load() > 1 || s.getSync() != nil }
 	s.metaW, s.meta = newSockWriter(metaNC, bufio.NewReaderSize(metaNC, 64<<10), s.version, s.writeTimeout)
 	s.ctx, s.cancel = context.WithCancelCause(c.ctx)
 	return s

@@ -34,6 +34,9 @@ type sockWriter struct {
 	// flushPending is set while a writer that appended a packet is
 	// yielding before it flushes: later writers leave the flush to it.
 	flushPending bool
+	// company, if not nil, reports whether other writers are likely to
+	// queue packets soon; only then does the flusher yield first.
+	company func() bool
 }
 
 // flushAt bounds how much the writers buffer before one flushes anyway.
@@ -149,11 +152,13 @@ func (w *sockWriter) afterAppendLocked() (flush bool, err error) {
 	return true, nil
 }
 
-// flushQueued is the flusher's part after queue reported flush: it lets
-// the other runnable goroutines queue their packets, then writes the
-// buffer.
+// flushQueued is the flusher's part after queue reported flush: when
+// other writers are about, it lets the runnable goroutines queue their
+// packets first; then it writes the buffer.
 func (w *sockWriter) flushQueued() error {
-	runtime.Gosched()
+	if w.company != nil && w.company() {
+		runtime.Gosched()
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.flushPending = false
