@@ -6,8 +6,12 @@
 #   vet          go vet ./...
 #   staticcheck  staticcheck ./...
 #   unit         go test of every package but ./testenv/...
-#   fuzz         each Fuzz target for FUZZTIME (default 3s), within
-#                FUZZ_BUDGET seconds in all (default 150)
+#   fuzz         each Fuzz target for FUZZTIME (default 100000x: a
+#                hundred thousand inputs), within FUZZ_BUDGET seconds in all
+#                (default 150). A count, not a duration: Go 1.26's fuzz
+#                coordinator can fail a target with "context deadline
+#                exceeded" when a duration runs out while a worker is busy
+#                (golang/go#75804, fixed in Go 1.27), with nothing found.
 #   integration  go test -count=1 ./testenv/ (real daemons, real NBD clients)
 #   lab          DRBDD_LAB=1 go test ./testenv/lab/... (when that exists)
 #   bench        scripts/bench.sh --quick: a smoke run; fails only on errors,
@@ -27,7 +31,7 @@ cd "$REPO_ROOT"
 
 ALL_STEPS=(gofmt vet staticcheck unit fuzz integration lab bench)
 QUICK=0 FAIL_FAST=0 ONLY=()
-: "${FUZZTIME:=3s}" "${FUZZ_BUDGET:=150}"
+: "${FUZZTIME:=100000x}" "${FUZZ_BUDGET:=150}"
 while (($#)); do
 	case "$1" in
 	--quick) QUICK=1 ;;
