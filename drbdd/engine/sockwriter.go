@@ -14,15 +14,12 @@ import (
 // sockWriter is a socket's write side shared by several goroutines. It
 // combines their packets: each writer appends its packet to one buffer,
 // and one of them flushes the buffer for all. A writer that finds nobody
-// else about to flush becomes the flusher: it first yields, so that the
-// goroutines ready to run (under load, mostly other writers) append their
-// packets, and then writes everything with one system call. A lone writer
-// flushes at once, as yielding with nothing else to run returns
-// immediately, while concurrent writers share one system call, and the
-// peer one wakeup.
+// else about to flush becomes the flusher: when other writers are about
+// (company), it first yields, so that the goroutines ready to run (under
+// load, mostly other writers) append their packets, and then writes
+// everything with one system call, which wakes the peer once. A lone
+// writer flushes at once.
 type sockWriter struct {
-	nc      net.Conn
-	timeout time.Duration
 	// corks counts the holders of a cork; while it is not zero, nobody
 	// flushes except to bound the buffer, and the last uncork flushes.
 	corks atomic.Int32
@@ -43,7 +40,7 @@ type sockWriter struct {
 const flushAt = 192 << 10
 
 func newSockWriter(nc net.Conn, rd *bufio.Reader, version int, timeout time.Duration) (*sockWriter, *protocol.Conn) {
-	w := &sockWriter{nc: nc, timeout: timeout, out: &sockBuffer{nc: nc, timeout: timeout, pending: make([]byte, 0, 256<<10)}}
+	w := &sockWriter{out: &sockBuffer{nc: nc, timeout: timeout, pending: make([]byte, 0, 256<<10)}}
 	pc := protocol.NewConn(struct {
 		*bufio.Reader
 		*sockBuffer
