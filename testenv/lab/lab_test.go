@@ -44,16 +44,24 @@ func testImage(t *testing.T) *Image {
 	return image
 }
 
-// newTestLab prepares a lab in a fresh directory that is removed (VMs
-// killed) when the test ends; on failure the consoles' tails are logged.
+// newTestLab prepares a lab of the given nodes on the test image; see
+// startTestLab.
 func newTestLab(t *testing.T, nodes ...string) *Lab {
 	t.Helper()
-	img := testImage(t)
-	dir, err := os.MkdirTemp("/var/tmp", "drbdd-lab-test-")
+	return startTestLab(context.Background(), t, "drbdd-lab-test-", LabOptions{Nodes: nodes, Image: testImage(t)})
+}
+
+// startTestLab prepares a lab with o in a fresh directory (named after
+// prefix) that is removed, VMs killed, when the test ends; on failure the
+// consoles' tails are logged.
+func startTestLab(ctx context.Context, t *testing.T, prefix string, o LabOptions) *Lab {
+	t.Helper()
+	dir, err := os.MkdirTemp("/var/tmp", prefix)
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := New(context.Background(), LabOptions{Dir: dir, Nodes: nodes, Image: img})
+	o.Dir = dir
+	l, err := New(ctx, o)
 	if err != nil {
 		os.RemoveAll(dir)
 		t.Fatal(err)
@@ -303,24 +311,7 @@ func TestLabBench(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir, err := os.MkdirTemp("/var/tmp", "drbdd-lab-bench-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := New(ctx, LabOptions{Dir: dir, Image: img, VM: VMConfig{ScratchSize: 256 << 20}})
-	if err != nil {
-		os.RemoveAll(dir)
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			for _, v := range l.VMs {
-				t.Logf("--- console of %s (tail) ---\n%s", v.Name(), v.ConsoleTail(6000))
-			}
-		}
-		l.Kill()
-		os.RemoveAll(dir)
-	})
+	l := startTestLab(ctx, t, "drbdd-lab-bench-", LabOptions{Image: img, VM: VMConfig{ScratchSize: 256 << 20}})
 	rep, err := RunBench(ctx, l, BenchOptions{Out: &lineLogger{t: t}, KernelDRBD: kernel})
 	if err != nil {
 		t.Fatal(err)
