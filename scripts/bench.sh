@@ -185,6 +185,31 @@ EOF
 	SINGLE_URI="nbd://127.0.0.1:$port/r0"
 }
 
+# write_pair_resource A B NBDPORT EXTRA: resource r0, protocol C, for node
+# A on 127.0.0.1 (exporting NBD on NBDPORT) and node B on 127.0.0.2, each
+# with its backing file $WORK/N/N.img; EXTRA is YAML placed before `on:`.
+# The same file goes into both nodes' config directories.
+write_pair_resource() {
+	local a=$1 b=$2 nbd=$3 extra=$4 pa pb
+	pa=$(free_port 127.0.0.1)
+	pb=$(free_port 127.0.0.2)
+	{
+		printf 'resource: r0\nprotocol: C\n'
+		[[ -z $extra ]] || printf '%s\n' "$extra"
+		cat <<EOF
+on:
+  $a:
+    address: 127.0.0.1:$pa
+    disk: $WORK/$a/$a.img
+    nbd-listen: 127.0.0.1:$nbd
+  $b:
+    address: 127.0.0.2:$pb
+    disk: $WORK/$b/$b.img
+EOF
+	} >"$WORK/$a/etc/r0.yaml"
+	cp "$WORK/$a/etc/r0.yaml" "$WORK/$b/etc/r0.yaml"
+}
+
 # start_replicated: alice (127.0.0.1) and bob (127.0.0.2), protocol C.
 # Returns 1 (after printing why) when replication is not available.
 REPL_NOTE=""
@@ -193,25 +218,9 @@ start_replicated() {
 	start_node bob
 	mkdisk "$WORK/alice/alice.img"
 	mkdisk "$WORK/bob/bob.img"
-	local nbd pa pb
+	local nbd
 	nbd=$(free_port 127.0.0.1)
-	pa=$(free_port 127.0.0.1)
-	pb=$(free_port 127.0.0.2)
-	cat >"$WORK/alice/etc/r0.yaml" <<EOF
-resource: r0
-protocol: C
-disk:
-  resync-rate: 2G
-on:
-  alice:
-    address: 127.0.0.1:$pa
-    disk: $WORK/alice/alice.img
-    nbd-listen: 127.0.0.1:$nbd
-  bob:
-    address: 127.0.0.2:$pb
-    disk: $WORK/bob/bob.img
-EOF
-	cp "$WORK/alice/etc/r0.yaml" "$WORK/bob/etc/r0.yaml"
+	write_pair_resource alice bob "$nbd" $'disk:\n  resync-rate: 2G'
 	must_adm alice create-md r0
 	must_adm bob create-md r0
 	local n out
@@ -414,27 +423,13 @@ hwm() { local v="PID_$1"; awk '/^VmHWM:/ {print $2}' "/proc/${!v}/status"; }
 # resync of what was written. Each daemon's peak resident memory (VmHWM,
 # the most it ever held) is printed against the target of 64 MiB.
 bench_memory() {
-	local n nbd p1 p2
+	local n nbd
 	for n in mem1 mem2; do
 		start_node "$n"
 		truncate -s 1T "$WORK/$n/$n.img"
 	done
 	nbd=$(free_port 127.0.0.1)
-	p1=$(free_port 127.0.0.1)
-	p2=$(free_port 127.0.0.2)
-	cat >"$WORK/mem1/etc/r0.yaml" <<EOF
-resource: r0
-protocol: C
-on:
-  mem1:
-    address: 127.0.0.1:$p1
-    disk: $WORK/mem1/mem1.img
-    nbd-listen: 127.0.0.1:$nbd
-  mem2:
-    address: 127.0.0.2:$p2
-    disk: $WORK/mem2/mem2.img
-EOF
-	cp "$WORK/mem1/etc/r0.yaml" "$WORK/mem2/etc/r0.yaml"
+	write_pair_resource mem1 mem2 "$nbd" ""
 	for n in mem1 mem2; do
 		must_adm "$n" create-md r0
 		must_adm "$n" up r0
