@@ -316,18 +316,18 @@ func (ld *localDisk) syncDataAndBitmap() error {
 	if err := ld.dev.Sync(); err != nil {
 		return err
 	}
-	n := len(ld.md.Bitmap().DirtyPages())
-	if n == 0 {
-		return nil
-	}
-	ld.io.bmWrites.Add(uint64(n))
-	return ld.md.FlushBitmap()
+	return ld.flushBitmapLocked()
 }
 
 // flushBitmap writes changed bitmap pages.
 func (ld *localDisk) flushBitmap() error {
 	ld.mu.Lock()
 	defer ld.mu.Unlock()
+	return ld.flushBitmapLocked()
+}
+
+// flushBitmapLocked writes changed bitmap pages. Caller holds mu.
+func (ld *localDisk) flushBitmapLocked() error {
 	n := len(ld.md.Bitmap().DirtyPages())
 	if n == 0 {
 		return nil
