@@ -56,20 +56,41 @@ func (c *Conn) SetVolume(v uint16) { c.volume.Store(uint32(v)) }
 // match the protocol version (h100 from version 100 on, h80 or h95
 // before). The returned slice is only valid until the next ReadPacket.
 func (c *Conn) ReadPacket(max int) (Header, []byte, error) {
+	h, err := c.ReadHeader(max)
+	if err != nil {
+		return Header{}, nil, err
+	}
+	p, err := c.ReadBody(h)
+	if err != nil {
+		return Header{}, nil, err
+	}
+	return h, p, nil
+}
+
+// ReadHeader reads the next packet's header, with ReadPacket's checks,
+// and leaves its h.Length payload bytes in the stream: the caller reads
+// them with ReadBody, or itself, before the next packet.
+func (c *Conn) ReadHeader(max int) (Header, error) {
 	if max <= 0 || max > MaxPayload {
 		max = MaxPayload
 	}
 	h, err := readHeader(c.rw, &c.hbuf)
 	if err != nil {
-		return Header{}, nil, err
+		return Header{}, err
 	}
 	v := c.Version()
 	if (v >= 100) != (h.Kind == HeaderH100) {
-		return Header{}, nil, fmt.Errorf("%w: %s header on a connection at protocol version %d", ErrBadHeader, h.Kind, v)
+		return Header{}, fmt.Errorf("%w: %s header on a connection at protocol version %d", ErrBadHeader, h.Kind, v)
 	}
 	if int(h.Length) > max {
-		return Header{}, nil, fmt.Errorf("%w: %s announces %d bytes, limit is %d", ErrTooLarge, h.Cmd, h.Length, max)
+		return Header{}, fmt.Errorf("%w: %s announces %d bytes, limit is %d", ErrTooLarge, h.Cmd, h.Length, max)
 	}
+	return h, nil
+}
+
+// ReadBody reads the payload of the packet whose header ReadHeader just
+// returned. The slice is only valid until the next read.
+func (c *Conn) ReadBody(h Header) ([]byte, error) {
 	if cap(c.rbuf) < int(h.Length) {
 		c.rbuf = make([]byte, h.Length)
 	}
@@ -78,9 +99,9 @@ func (c *Conn) ReadPacket(max int) (Header, []byte, error) {
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF
 		}
-		return Header{}, nil, fmt.Errorf("reading %s payload: %w", h.Cmd, err)
+		return nil, fmt.Errorf("reading %s payload: %w", h.Cmd, err)
 	}
-	return h, p, nil
+	return p, nil
 }
 
 // ReadPayload reads the next packet, checks that it carries cmd, and
@@ -108,16 +129,15 @@ func (c *Conn) WritePacket(cmd Cmd, payload ...[]byte) error {
 	for _, p := range payload {
 		n += len(p)
 	}
-	v := c.Version()
-	if n > MaxPayloadFor(v) {
-		return fmt.Errorf("%w: %s payload of %d bytes exceeds %d at protocol version %d", ErrTooLarge, cmd, n, MaxPayloadFor(v), v)
+	var err error
+	if c.wbuf, err = c.AppendPacketHeader(c.wbuf[:0], cmd, n); err != nil {
+		return err
 	}
-	c.wbuf = AppendHeader(c.wbuf[:0], v, cmd, uint16(c.volume.Load()), n)
 	if len(c.wbuf)+n <= copyThreshold {
 		for _, p := range payload {
 			c.wbuf = append(c.wbuf, p...)
 		}
-		_, err := c.rw.Write(c.wbuf)
+		_, err = c.rw.Write(c.wbuf)
 		return err
 	}
 	bufs := make(net.Buffers, 0, 1+len(payload))
@@ -130,8 +150,19 @@ func (c *Conn) WritePacket(cmd Cmd, payload ...[]byte) error {
 	if vw, ok := c.rw.(VectorWriter); ok {
 		return vw.WriteVectors(bufs)
 	}
-	_, err := bufs.WriteTo(c.rw)
+	_, err = bufs.WriteTo(c.rw)
 	return err
+}
+
+// AppendPacketHeader appends the header of a packet of cmd with an
+// n-byte payload, as WritePacket would write it, for a caller that writes
+// the payload itself.
+func (c *Conn) AppendPacketHeader(b []byte, cmd Cmd, n int) ([]byte, error) {
+	v := c.Version()
+	if n > MaxPayloadFor(v) {
+		return b, fmt.Errorf("%w: %s payload of %d bytes exceeds %d at protocol version %d", ErrTooLarge, cmd, n, MaxPayloadFor(v), v)
+	}
+	return AppendHeader(b, v, cmd, uint16(c.volume.Load()), n), nil
 }
 
 // VectorWriter is implemented by writers that can write several buffers

@@ -220,7 +220,10 @@ start_replicated() {
 	mkdisk "$WORK/bob/bob.img"
 	local nbd
 	nbd=$(free_port 127.0.0.1)
-	write_pair_resource alice bob "$nbd" $'disk:\n  resync-rate: 2G'
+	# The resync section measures how fast a resync can go: the rate
+	# limits (resync-rate, and c-max-rate, which caps the dynamic
+	# controller at 1 GiB/s by default) are raised to their maximum.
+	write_pair_resource alice bob "$nbd" $'disk:\n  resync-rate: 4G\n  c-max-rate: 4G'
 	must_adm alice create-md r0
 	must_adm bob create-md r0
 	local n out

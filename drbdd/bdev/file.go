@@ -280,3 +280,13 @@ func (d *FileDevice) WriteAtFUA(p []byte, off int64) (int, error) {
 	}
 	return n, err
 }
+
+// PageCacheFile returns the file behind the device when its I/O goes
+// through the page cache, so that data can be spliced into and out of it;
+// it returns nil when O_DIRECT is in use.
+func (d *FileDevice) PageCacheFile() *os.File {
+	if d.direct != nil {
+		return nil
+	}
+	return d.buffered
+}

@@ -418,7 +418,36 @@ func (s *session) receiver() error {
 				return err
 			}
 		}
-		h, payload, err := s.data.ReadPacket(protocol.MaxPayload)
+		h, err := s.data.ReadHeader(protocol.MaxPayload)
+		if err != nil {
+			if s.ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		if corked && s.dataRd.Buffered() < int(h.Length) {
+			// The payload is still to arrive: the acks owed so far leave
+			// before the receiver waits for it.
+			corked = false
+			if err := s.metaW.uncork(); err != nil {
+				return err
+			}
+		}
+		dh, blk, held, err := s.readBlock(h)
+		if err != nil {
+			if s.ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		if held {
+			s.r.io.netRecv.Add(uint64(h.Length))
+			if err := s.dispatchBlock(h.Cmd, dh, blk); err != nil {
+				return err
+			}
+			continue
+		}
+		payload, err := s.data.ReadBody(h)
 		if err != nil {
 			if s.ctx.Err() != nil {
 				return nil
@@ -436,6 +465,18 @@ func (s *session) receiver() error {
 	}
 }
 
+// dispatchBlock handles a data packet whose block is held in a pipe.
+func (s *session) dispatchBlock(cmd protocol.Cmd, dh protocol.DataHeader, blk *rxBlock) error {
+	if cmd == protocol.PData {
+		return s.recvWrite(writeData, dh, blk, blk.n)
+	}
+	y := s.getSync()
+	if y == nil || !y.target {
+		return protoErr("%s while not SyncTarget", cmd)
+	}
+	return y.gotData(dh, blk)
+}
+
 func (s *session) dispatch(cmd protocol.Cmd, payload []byte) error {
 	switch cmd {
 	case protocol.PData:
@@ -443,7 +484,7 @@ func (s *session) dispatch(cmd protocol.Cmd, payload []byte) error {
 		if err := d.Unmarshal(payload); err != nil {
 			return protoErr("%s: %v", cmd, err)
 		}
-		return s.recvWrite(writeData, d.DataHeader, d.Payload, int64(len(d.Payload)))
+		return s.recvWrite(writeData, d.DataHeader, memBlock(d.Payload), int64(len(d.Payload)))
 	case protocol.PTrim, protocol.PZeroes:
 		var t protocol.Trim
 		if err := t.Unmarshal(payload); err != nil {
@@ -495,7 +536,7 @@ func (s *session) dispatch(cmd protocol.Cmd, payload []byte) error {
 		if y == nil || !y.target {
 			return protoErr("%s while not SyncTarget", cmd)
 		}
-		return y.gotData(d)
+		return y.gotData(d.DataHeader, memBlock(d.Payload))
 	case protocol.PDataRequest:
 		var rq protocol.BlockReq
 		if err := rq.Unmarshal(payload); err != nil {
@@ -535,8 +576,13 @@ func (s *session) dispatch(cmd protocol.Cmd, payload []byte) error {
 // recvWrite applies a write from the Primary. The range is owned in
 // arrival order before the write is handed to its goroutine, so
 // overlapping writes land in the order the Primary sent them.
-func (s *session) recvWrite(kind writeKind, h protocol.DataHeader, data []byte, n int64) error {
+//
+// blk is the data block of a P_DATA (nil for trim and zeroes); recvWrite
+// releases it.
+func (s *session) recvWrite(kind writeKind, h protocol.DataHeader, blk *rxBlock, n int64) error {
 	r := s.r
+	// Released on every return until apply owns it.
+	defer func() { blk.release() }()
 	ld := r.ldev.Load()
 	off := int64(h.Sector) * 512
 	if ld == nil {
@@ -578,33 +624,32 @@ func (s *session) recvWrite(kind writeKind, h protocol.DataHeader, data []byte, 
 	// written straight from the receive buffer. On a page-cache backed
 	// disk a write is a memory copy, so a burst is applied inline too.
 	inline := s.peerBuffers.idle() && (s.dataRd.Buffered() == 0 || !ld.direct())
-	var buf []byte
-	if kind == writeData {
-		if inline {
-			buf = data
-		} else {
-			buf = getBuf(len(data))
-			copy(buf, data)
-		}
+	if blk != nil && blk.held() {
+		// The pipe holds the block: the receiver can go on while it is
+		// copied into the page cache.
+		inline = false
+	}
+	if kind == writeData && !inline && !blk.held() {
+		// The receive buffer is reused for the next packet.
+		buf := getBuf(len(blk.mem))
+		copy(buf, blk.mem)
+		blk = &rxBlock{mem: buf, n: n, pooled: true}
 	}
 	ep := s.recvEpochWrite()
 	lr := r.io.writes.acquire(off, n)
 	if err := s.peerBuffers.acquire(s.ctx, n); err != nil {
 		r.io.writes.release(lr)
-		if !inline {
-			putBuf(buf)
-		}
 		return nil
 	}
 	r.io.unacked.Add(1)
 	s.wg.Add(1)
+	mine := blk
+	blk = nil // apply owns it now
 	apply := func() {
 		defer s.wg.Done()
-		err := r.applyPeerWrite(ld, kind, buf, off, n, h.DPFlags&protocol.DPFUA != 0)
+		err := r.applyPeerWrite(ld, kind, mine, off, n, h.DPFlags&protocol.DPFUA != 0)
 		r.io.writes.release(lr)
-		if !inline {
-			putBuf(buf)
-		}
+		mine.release()
 		s.peerBuffers.release(n)
 		r.io.unacked.Add(-1)
 		if err != nil {
@@ -632,14 +677,19 @@ func (s *session) recvWrite(kind writeKind, h protocol.DataHeader, data []byte, 
 
 // applyPeerWrite writes the peer's data locally, recording the extent in
 // the activity log first like an application write.
-func (r *Resource) applyPeerWrite(ld *localDisk, kind writeKind, p []byte, off, n int64, fua bool) error {
+func (r *Resource) applyPeerWrite(ld *localDisk, kind writeKind, blk *rxBlock, off, n int64, fua bool) error {
 	if err := ld.beginWrite(off, n); err != nil {
 		r.localIOError("activity log update", off, err)
 		return err
 	}
 	defer ld.endWrite(off, n)
 	r.io.local.Add(1)
-	err := localWrite(ld.dev, kind, p, off, n, fua)
+	var err error
+	if kind == writeData {
+		err = blk.write(ld.dev, off, n, fua)
+	} else {
+		err = localWrite(ld.dev, kind, nil, off, n, fua)
+	}
 	r.io.local.Add(-1)
 	if err != nil {
 		r.localIOError("peer write", off, err)

@@ -84,9 +84,22 @@ type session struct {
 	dataNC, metaNC net.Conn
 	// data and meta read (and, during the handshake, write) the sockets;
 	// after the handshake all writes go through dataW and metaW.
-	data, meta     *protocol.Conn
-	dataW, metaW   *sockWriter
-	dataRd         *bufio.Reader
+	data, meta   *protocol.Conn
+	dataW, metaW *sockWriter
+	dataRd       *bufio.Reader
+	// rxLimit is the data socket under dataRd; the receiver caps its
+	// reads to leave data blocks in the socket for splicing.
+	rxLimit rxLimiter
+	// splice holds the raw data socket and pipes for moving data blocks
+	// between it and the disk without copies.
+	splice spliceState
+	// rsAcks counts the resync acks of blocks written in parallel, to
+	// flush every ackBatch of them.
+	rsAcks atomic.Uint64
+	// rsSendq queues resync requests for rsSender; serveParallel bounds
+	// it.
+	rsSendq chan rsJob
+
 	version        int
 	features       protocol.FeatureFlags
 	wireProto      uint32
@@ -177,7 +190,10 @@ func newSession(c *connection, data, meta *protocol.Conn, dataNC, metaNC net.Con
 	s.barrierCond = sync.NewCond(&s.pmu)
 	// Buffered reads take many packets per system call; the writers
 	// combine concurrent packets into one.
-	s.dataRd = bufio.NewReaderSize(dataNC, 256<<10)
+	s.rxLimit.nc = dataNC
+	s.dataRd = bufio.NewReaderSize(&s.rxLimit, 256<<10)
+	s.splice = newSpliceState(dataNC)
+	s.rsSendq = make(chan rsJob, serveParallel)
 	s.dataW, s.data = newSockWriter(dataNC, s.dataRd, s.version, s.writeTimeout)
 	// Application writes in flight, or a resync or verify run, mean more
 	// data packets are coming: their senders share flushes. A lone write
@@ -199,6 +215,7 @@ func (s *session) run() sessionEnd {
 	s.goRun(s.receiver)
 	s.goRun(s.worker)
 	s.goRun(s.asender)
+	s.goRun(s.rsSender)
 	if y := s.getSync(); y != nil && y.target {
 		s.goRun(s.resyncer)
 	}
@@ -271,6 +288,8 @@ func (s *session) teardown(err error) {
 	s.dataNC.Close()
 	s.metaNC.Close()
 	s.wg.Wait()
+	s.dropQueuedResync()
+	s.splice.close()
 	// Unpublish first so that new writes stop coming here.
 	r.sess.CompareAndSwap(s, nil)
 

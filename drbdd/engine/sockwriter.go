@@ -6,9 +6,11 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"drbdd/protocol"
+	"drbdd/zerocopy"
 )
 
 // sockWriter is a socket's write side shared by several goroutines. It
@@ -162,8 +164,40 @@ func (w *sockWriter) flushQueued() error {
 	return w.flushLocked()
 }
 
+// sendSpliced writes one packet whose payload is head followed by n bytes
+// that body moves into the socket itself, by splice. What is queued goes
+// out first, held back with MSG_MORE so that it leaves with the block.
+// The writer's lock is held throughout: no other packet interleaves.
+func (w *sockWriter) sendSpliced(raw syscall.RawConn, cmd protocol.Cmd, head []byte, n int, body func() error) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	b := w.out
+	var err error
+	if b.pending, err = w.pc.AppendPacketHeader(b.pending, cmd, len(head)+n); err != nil {
+		return err
+	}
+	b.pending = append(b.pending, head...)
+	b.nc.SetWriteDeadline(time.Now().Add(b.timeout))
+	err = zerocopy.SendMore(raw, b.pending)
+	b.pending = b.pending[:0]
+	if err != nil {
+		return err
+	}
+	return body()
+}
+
 // flushLocked writes the buffer out. Caller holds mu.
 func (w *sockWriter) flushLocked() error { return w.out.flush() }
+
+// flush writes what is buffered now, unless a writer is about to.
+func (w *sockWriter) flush() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.flushPending {
+		return nil
+	}
+	return w.flushLocked()
+}
 
 // cork holds back flushes: packets sent while corked stay buffered until
 // uncork. The receiver corks the ack socket while it works through input

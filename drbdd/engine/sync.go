@@ -255,16 +255,21 @@ func (s *session) resyncer() error {
 	// The requests in flight never exceed half of max-buffers (DRBD's
 	// bound), so the peer's receive buffers cannot run out.
 	maxInFlightBlocks := cmp.Or(int64(s.c.conf.MaxBuffers), defaultMaxBuffers) / 2
-	for {
+	// The first tick is taken at once, as DRBD arms its resync timer to
+	// fire immediately: waiting 100 ms for it would idle the link for
+	// longer than a whole small resync takes.
+	for started := false; ; started = true {
 		refill := false
-		select {
-		case <-s.ctx.Done():
-			return nil
-		case <-tick.C:
-		case <-y.wake:
-			refill = true
-			if budget <= 0 {
-				continue
+		if started {
+			select {
+			case <-s.ctx.Done():
+				return nil
+			case <-tick.C:
+			case <-y.wake:
+				refill = true
+				if budget <= 0 {
+					continue
+				}
 			}
 		}
 		if !refill {
@@ -311,6 +316,12 @@ func (s *session) resyncer() error {
 		// in-flight room frees up, so a fast link is not held to one
 		// burst per tick.
 		room := int(maxInFlightBlocks) - int(y.planner.Progress().InFlightBits)
+		if refill && room < int(maxInFlightBlocks/8) {
+			// Refill in batches: requests for an eighth of the window
+			// share a packet flush, rather than one flush each.
+			y.mu.Unlock()
+			continue
+		}
 		reqs := y.planner.Next(min(budget, max(room, 0)))
 		var blocks uint64
 		if y.requested == nil {
@@ -400,12 +411,13 @@ func digest(alg string, p []byte) ([]byte, error) {
 }
 
 // gotData writes a resync reply (SyncTarget). The range is owned in
-// arrival order, like application writes from the peer.
-func (y *syncState) gotData(d protocol.Data) error {
+// arrival order, like application writes from the peer. A block still in
+// the socket is written here, in the receiver goroutine.
+func (y *syncState) gotData(d protocol.DataHeader, blk *rxBlock) error {
 	s := y.s
 	r := s.r
 	ld := r.ldev.Load()
-	off, n := int64(d.Sector)*512, int64(len(d.Payload))
+	off, n := int64(d.Sector)*512, blk.n
 	if ld == nil {
 		return fmt.Errorf("local disk gone during resync")
 	}
@@ -416,47 +428,63 @@ func (y *syncState) gotData(d protocol.Data) error {
 	// buffered writes to one file only contend for its lock: write in
 	// arrival order, here, straight from the receive buffer. Direct I/O
 	// devices get their writes in parallel.
-	inline := !ld.direct()
-	buf := d.Payload
-	if !inline {
-		buf = getBuf(int(n))
-		copy(buf, d.Payload)
+	// A block held in a pipe is copied into the page cache by its own
+	// goroutine, while the receiver goes on.
+	inline := !ld.direct() && !blk.held()
+	defer func() { blk.release() }() // until apply owns it
+	if !inline && !blk.held() {
+		// The receive buffer is reused for the next packet.
+		buf := getBuf(int(n))
+		copy(buf, blk.mem)
+		blk = &rxBlock{mem: buf, n: n, pooled: true}
 	}
 	lr := r.io.writes.acquire(off, n)
 	if err := s.peerBuffers.acquire(s.ctx, n); err != nil {
 		r.io.writes.release(lr)
-		if !inline {
-			putBuf(buf)
-		}
 		return nil
 	}
 	s.wg.Add(1)
+	mine := blk
+	blk = nil
+	if !inline {
+		// The acks of blocks written in parallel leave together: the ack
+		// socket stays corked while any of them is being written, and is
+		// flushed at least every ackBatch acks.
+		s.metaW.cork()
+	}
 	apply := func() {
 		defer s.wg.Done()
+		if !inline {
+			defer func() {
+				if s.rsAcks.Add(1)%ackBatch == 0 {
+					s.metaW.flush()
+				}
+				s.metaW.uncork()
+			}()
+		}
 		// Blocks our own application wrote since the request went out hold
 		// newer data than the reply: those are skipped. A block written
 		// only in part stays out of sync and is requested again.
 		touched, full := y.takeRequest(d.Sector)
 		var err error
 		r.io.local.Add(1)
-		for blk := int64(0); blk*4096 < n && err == nil; {
-			if touched&(1<<blk) != 0 {
-				blk++
+		for b := int64(0); b*4096 < n && err == nil; {
+			if touched&(1<<b) != 0 {
+				b++
 				continue
 			}
-			end := blk + 1
+			end := b + 1
 			for end*4096 < n && touched&(1<<end) == 0 {
 				end++
 			}
-			lo, hi := blk*4096, min(end*4096, n)
-			err = localWrite(ld.dev, writeData, buf[lo:hi], off+lo, hi-lo, false)
-			blk = end
+			lo, hi := b*4096, min(end*4096, n)
+			mine.skip(lo - mine.pos)
+			err = mine.write(ld.dev, off+lo, hi-lo, false)
+			b = end
 		}
 		r.io.local.Add(-1)
 		r.io.writes.release(lr)
-		if !inline {
-			putBuf(buf)
-		}
+		mine.release()
 		s.peerBuffers.release(n)
 		ack := protocol.BlockAck{Sector: d.Sector, BlockID: d.BlockID, BlkSize: uint32(n)}
 		outcome := resync.Synced
@@ -466,7 +494,7 @@ func (y *syncState) gotData(d protocol.Data) error {
 		} else {
 			r.io.diskWrite.Add(uint64(n))
 			y.resyncIO.Add(uint64(n))
-			if inline {
+			if !ld.direct() {
 				y.noteResyncWrite(ld, off, n)
 			}
 		}
@@ -562,10 +590,27 @@ func (y *syncState) serveRequest(cmd protocol.Cmd, rq protocol.BlockReq) error {
 	// Owned here, in arrival order: the read then sees exactly the writes
 	// that came before the request on the wire.
 	lr := r.io.writes.acquire(off, n)
+	if cmd == protocol.PRSDataRequest && s.splice.raw != nil && n >= spliceMin && pageCacheFile(ld.dev) != nil {
+		// Served from the page cache by the splice sender, in order; the
+		// semaphore bounds its queue, so this does not block.
+		s.rsSendq <- rsJob{y: y, ld: ld, rq: rq, lr: lr}
+		return nil
+	}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		defer func() { <-y.sem }()
+		y.serveRead(cmd, ld, rq, lr)
+	}()
+	return nil
+}
+
+// serveRead reads the block of a request and answers it; it releases lr.
+func (y *syncState) serveRead(cmd protocol.Cmd, ld *localDisk, rq protocol.BlockReq, lr *lockedRange) {
+	s := y.s
+	r := s.r
+	off, n := int64(rq.Sector)*512, int64(rq.BlkSize)
+	{
 		buf := getBuf(int(n))
 		r.io.local.Add(1)
 		_, err := ld.dev.ReadAt(buf, off)
@@ -611,8 +656,98 @@ func (y *syncState) serveRequest(cmd protocol.Cmd, rq protocol.BlockReq) error {
 			}
 			s.queuePayload(protocol.POVReply, &protocol.BlockReq{Sector: rq.Sector, BlockID: rq.BlockID, BlkSize: rq.BlkSize, Digest: d})
 		}
-	}()
-	return nil
+	}
+}
+
+// rsJob is a resync request queued for the splice sender.
+type rsJob struct {
+	y  *syncState
+	ld *localDisk
+	rq protocol.BlockReq
+	lr *lockedRange // owned since arrival; released once answered
+}
+
+// rsSender answers the resync requests served from the page cache, one
+// after the other: splicing a cached block costs little, so one goroutine
+// keeps the socket busy without the hand-offs of many.
+func (s *session) rsSender() error {
+	for {
+		select {
+		case <-s.ctx.Done():
+			return nil
+		case j := <-s.rsSendq:
+			if !j.y.sendSpliced(j.ld, j.rq, j.lr) {
+				j.y.serveRead(protocol.PRSDataRequest, j.ld, j.rq, j.lr)
+			}
+			<-j.y.sem
+		}
+	}
+}
+
+// dropQueuedResync releases the ranges of resync requests that were never
+// answered. The session's goroutines have stopped.
+func (s *session) dropQueuedResync() {
+	for {
+		select {
+		case j := <-s.rsSendq:
+			s.r.io.writes.release(j.lr)
+		default:
+			return
+		}
+	}
+}
+
+// sendSpliced answers a resync request from the page cache with splice,
+// without copying the block (SyncSource). It reports false, having done
+// nothing, when the block is to be read and sent the ordinary way: the
+// disk or socket cannot be spliced, the block is small, or reading the
+// file failed (the ordinary read then reports the error). It releases lr
+// when it reports true.
+//
+// The reply shares its pages with the page cache until the peer has read
+// it, so a write to the block after the request can reach the peer inside
+// the reply. That is harmless: the write goes to the peer after the reply
+// on the same socket and overwrites the block again; if the connection
+// breaks first, the write is not acknowledged and its block stays out of
+// sync here.
+func (y *syncState) sendSpliced(ld *localDisk, rq protocol.BlockReq, lr *lockedRange) bool {
+	s := y.s
+	r := s.r
+	off, n := int64(rq.Sector)*512, int(rq.BlkSize)
+	f := pageCacheFile(ld.dev)
+	if s.splice.raw == nil || f == nil || n < spliceMin {
+		return false
+	}
+	p := s.splice.tx.take(s.ctx.Done())
+	if p == nil {
+		return false
+	}
+	r.io.local.Add(1)
+	held, err := p.FillFromFile(f, off, n)
+	r.io.local.Add(-1)
+	if err != nil {
+		s.splice.tx.put(p, false)
+		return false
+	}
+	hdr := protocol.DataHeader{Sector: rq.Sector, BlockID: rq.BlockID}
+	err = s.dataW.sendSpliced(s.splice.raw, protocol.PRSDataReply, hdr.MarshalAppend(nil), n, func() error {
+		if err := p.ToConn(s.splice.raw, held, held < n); err != nil {
+			return err
+		}
+		if held < n {
+			return p.FileToConn(f, off+int64(held), n-held, s.splice.raw, false)
+		}
+		return nil
+	})
+	r.io.writes.release(lr)
+	s.splice.tx.put(p, err == nil)
+	if err != nil {
+		s.cancel(fmt.Errorf("sending %s: %w", protocol.PRSDataReply, err))
+		return true
+	}
+	r.io.diskRead.Add(uint64(n))
+	r.io.netSend.Add(uint64(n))
+	return true
 }
 
 // applicationWrote tells the SyncTarget's planner that replicated writes
@@ -855,11 +990,13 @@ func (s *session) verifier() error {
 	defer tick.Stop()
 	dc := r.diskConfCopy()
 	perTick := int(max(dc.ResyncRate/10/meta.BMBlockSize, 16))
-	for {
-		select {
-		case <-s.ctx.Done():
-			return nil
-		case <-tick.C:
+	for started := false; ; started = true {
+		if started {
+			select {
+			case <-s.ctx.Done():
+				return nil
+			case <-tick.C:
+			}
 		}
 		if r.State().Conn != replication.VerifyS {
 			return nil

@@ -1,0 +1,365 @@
+// Package zerocopy moves data blocks between sockets and files with
+// splice(2), through a kernel pipe, so that they are not copied into and
+// out of user space.
+//
+// Splicing from a TCP socket into a pipe takes references to the pages
+// the data arrived in; splicing from a file takes references to its page
+// cache. Splicing out of the pipe into a socket passes those references
+// on, and into a file copies once, into the page cache. A block received
+// from the peer and written to a page-cache backed disk therefore costs
+// one copy instead of two, and a block read from the page cache and sent
+// to the peer costs none.
+//
+// A page spliced from a file is shared, not copied: if the file is
+// written before the socket's receiver has taken the data, the receiver
+// sees the newer bytes. Callers use it only where a later packet on the
+// same stream carries the newer data anyway (resync replies, which are
+// followed by the replicated write).
+package zerocopy
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// DefaultPipeSize is the capacity asked of a new pipe: one largest DRBD
+// data block.
+const DefaultPipeSize = 1 << 20
+
+// Pipe is a kernel pipe used as a staging buffer between splice calls. It
+// is not safe for concurrent use. Every method leaves the pipe empty
+// when it returns without error; after an error the pipe must be closed,
+// since it may hold bytes of a half-moved block.
+type Pipe struct {
+	r, w int
+	size int
+}
+
+// NewPipe creates a pipe of at least size bytes (rounded by the kernel;
+// smaller if /proc/sys/fs/pipe-max-size does not allow it).
+func NewPipe(size int) (*Pipe, error) {
+	var fds [2]int
+	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+		return nil, fmt.Errorf("pipe: %w", err)
+	}
+	p := &Pipe{r: fds[0], w: fds[1]}
+	got, err := unix.FcntlInt(uintptr(p.w), unix.F_SETPIPE_SZ, size)
+	if err != nil {
+		// The default capacity (64 KiB) still works, in more rounds.
+		got, err = unix.FcntlInt(uintptr(p.w), unix.F_GETPIPE_SZ, 0)
+		if err != nil {
+			p.Close()
+			return nil, fmt.Errorf("pipe size: %w", err)
+		}
+	}
+	p.size = got
+	return p, nil
+}
+
+// Size returns the pipe's capacity in bytes.
+func (p *Pipe) Size() int { return p.size }
+
+// Close releases the pipe and any pages it still references.
+func (p *Pipe) Close() error {
+	err1 := unix.Close(p.r)
+	err2 := unix.Close(p.w)
+	return errors.Join(err1, err2)
+}
+
+// ErrShortSource reports that a file ended before the bytes asked for.
+var ErrShortSource = errors.New("zerocopy: source ended early")
+
+// ErrPipeFull reports that the pipe cannot take more of a block: its
+// slots, one per page fragment, ran out before its bytes did.
+var ErrPipeFull = errors.New("zerocopy: pipe full")
+
+// FillFromConn splices exactly n bytes from the socket behind src into
+// the empty pipe, waiting under the socket's read deadline for them to
+// arrive. It returns how many bytes the pipe holds; with ErrPipeFull,
+// fewer than n, and the rest is still in the socket.
+func (p *Pipe) FillFromConn(src syscall.RawConn, n int) (int, error) {
+	held := 0
+	var serr error
+	err := src.Read(func(fd uintptr) bool {
+		for held < n {
+			m, e := unix.Splice(int(fd), nil, p.w, nil, n-held, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			switch {
+			case e == unix.EINTR:
+				continue
+			case e == unix.EAGAIN:
+				// Either the socket has nothing yet (wait for it) or the
+				// pipe is full; only bytes waiting in the socket tell.
+				if held > 0 {
+					if avail, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ); err == nil && avail > 0 {
+						serr = ErrPipeFull
+						return true
+					}
+				}
+				return false
+			case e != nil:
+				serr = e
+				return true
+			case m == 0:
+				serr = io.ErrUnexpectedEOF
+				return true
+			}
+			held += int(m)
+		}
+		return true
+	})
+	if err == nil {
+		err = serr
+	}
+	if err != nil && err != ErrPipeFull {
+		return held, fmt.Errorf("splice from socket: %w", err)
+	}
+	return held, err
+}
+
+// DrainToFile moves the first n bytes in the pipe to f at offset off.
+func (p *Pipe) DrainToFile(f *os.File, off int64, n int) error {
+	dst, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	_, err = p.drainToFile(dst, off, n)
+	return err
+}
+
+// Discard drops the first n bytes in the pipe.
+func (p *Pipe) Discard(n int) error { return p.discard(n) }
+
+// ReadFull reads the first len(b) bytes in the pipe into b.
+func (p *Pipe) ReadFull(b []byte) error {
+	for len(b) > 0 {
+		m, err := unix.Read(p.r, b)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("pipe read: %w", err)
+		}
+		if m == 0 {
+			return io.ErrUnexpectedEOF
+		}
+		b = b[m:]
+	}
+	return nil
+}
+
+// FileToConn moves exactly n bytes of f at offset off to the socket
+// behind dst, waiting for room under the socket's write deadline. more
+// says that another packet follows at once (MSG_MORE for the last
+// bytes); the bytes before the last are always sent with it.
+func (p *Pipe) FileToConn(f *os.File, off int64, n int, dst syscall.RawConn, more bool) error {
+	src, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	for n > 0 {
+		got, err := p.fillFromFile(src, off, min(n, p.size))
+		if err != nil {
+			return err
+		}
+		off += int64(got)
+		n -= got
+		if err := p.drainToConn(dst, got, more || n > 0); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// fillFromFile splices up to n bytes of the file at off into the empty
+// pipe; the pipe's capacity may take fewer.
+func (p *Pipe) fillFromFile(src syscall.RawConn, off int64, n int) (int, error) {
+	var got int
+	var serr error
+	err := src.Read(func(fd uintptr) bool {
+		for {
+			o := off
+			m, e := unix.Splice(int(fd), &o, p.w, nil, n, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			if e == unix.EINTR {
+				continue
+			}
+			got, serr = int(m), e
+			return true
+		}
+	})
+	if err == nil {
+		err = serr
+	}
+	if err != nil {
+		return 0, fmt.Errorf("splice from file at %d: %w", off, err)
+	}
+	if got == 0 {
+		return 0, ErrShortSource
+	}
+	return got, nil
+}
+
+// drainToFile moves the n bytes in the pipe to the file at off and
+// returns how many it moved.
+func (p *Pipe) drainToFile(dst syscall.RawConn, off int64, n int) (int, error) {
+	moved := 0
+	var serr error
+	err := dst.Write(func(fd uintptr) bool {
+		for moved < n {
+			o := off + int64(moved)
+			m, e := unix.Splice(p.r, nil, int(fd), &o, n-moved, unix.SPLICE_F_MOVE)
+			if e == unix.EINTR {
+				continue
+			}
+			if e != nil {
+				serr = e
+				return true
+			}
+			if m == 0 {
+				serr = io.ErrShortWrite
+				return true
+			}
+			moved += int(m)
+		}
+		return true
+	})
+	if err == nil {
+		err = serr
+	}
+	if err != nil {
+		return moved, fmt.Errorf("splice to file at %d: %w", off+int64(moved), err)
+	}
+	return moved, nil
+}
+
+// drainToConn moves the n bytes in the pipe to the socket, waiting for
+// room in its send buffer.
+func (p *Pipe) drainToConn(dst syscall.RawConn, n int, more bool) error {
+	flags := unix.SPLICE_F_MOVE | unix.SPLICE_F_NONBLOCK
+	if more {
+		flags |= unix.SPLICE_F_MORE
+	}
+	var serr error
+	err := dst.Write(func(fd uintptr) bool {
+		for n > 0 {
+			m, e := unix.Splice(p.r, nil, int(fd), nil, n, flags)
+			switch e {
+			case nil:
+			case unix.EINTR:
+				continue
+			case unix.EAGAIN:
+				return false // the send buffer is full: wait for room
+			default:
+				serr = e
+				return true
+			}
+			if m == 0 {
+				serr = io.ErrShortWrite
+				return true
+			}
+			n -= int(m)
+		}
+		return true
+	})
+	if err == nil {
+		err = serr
+	}
+	if err != nil {
+		return fmt.Errorf("splice to socket: %w", err)
+	}
+	return nil
+}
+
+// discard reads and drops the n bytes in the pipe.
+func (p *Pipe) discard(n int) error {
+	scratch := make([]byte, min(n, 64<<10))
+	for n > 0 {
+		k := min(n, len(scratch))
+		if err := p.ReadFull(scratch[:k]); err != nil {
+			return err
+		}
+		n -= k
+	}
+	return nil
+}
+
+// RawConn returns the raw connection behind c, or false if c is not a
+// socket that splice can use (a wrapped or in-memory connection).
+func RawConn(c any) (syscall.RawConn, bool) {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return nil, false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil, false
+	}
+	return rc, true
+}
+
+// FillFromFile splices up to n bytes of f at offset off into the empty
+// pipe, as many as it takes, and returns how many it holds now (at least
+// one). The bytes are page-cache pages shared with the file.
+func (p *Pipe) FillFromFile(f *os.File, off int64, n int) (int, error) {
+	src, err := f.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	held := 0
+	for held < n {
+		got, err := p.fillFromFile(src, off+int64(held), min(n-held, p.size-held))
+		if err != nil {
+			if held > 0 && errors.Is(err, unix.EAGAIN) {
+				break // the pipe is full
+			}
+			return held, err
+		}
+		held += got
+		if held >= p.size {
+			break
+		}
+	}
+	return held, nil
+}
+
+// ToConn moves the n bytes in the pipe to the socket behind dst, waiting
+// for room under the socket's write deadline; more says another packet,
+// or more of this one, follows at once.
+func (p *Pipe) ToConn(dst syscall.RawConn, n int, more bool) error {
+	return p.drainToConn(dst, n, more)
+}
+
+// SendMore writes b to the socket behind dst with MSG_MORE: the kernel
+// holds it back until the bytes that follow, so that a packet's header
+// and its spliced block leave together.
+func SendMore(dst syscall.RawConn, b []byte) error {
+	var serr error
+	err := dst.Write(func(fd uintptr) bool {
+		for len(b) > 0 {
+			m, e := unix.SendmsgN(int(fd), b, nil, nil, unix.MSG_MORE|unix.MSG_NOSIGNAL)
+			switch e {
+			case nil:
+			case unix.EINTR:
+				continue
+			case unix.EAGAIN:
+				return false
+			default:
+				serr = e
+				return true
+			}
+			b = b[m:]
+		}
+		return true
+	})
+	if err == nil {
+		err = serr
+	}
+	if err != nil {
+		return fmt.Errorf("send: %w", err)
+	}
+	return nil
+}
