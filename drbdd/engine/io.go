@@ -62,49 +62,73 @@ func (s *ioState) drain() {
 	s.gate.Unlock()
 }
 
-// rangeLock lets at most one writer own any byte range at a time.
+// rangeLock lets at most one writer own any byte range at a time. The
+// owned ranges are few (the requests in flight), so a slice scanned in
+// full beats any index.
 type rangeLock struct {
-	// mu guards active.
+	// mu guards active and the done channel of every range in it.
 	mu     sync.Mutex
-	active map[*lockedRange]struct{}
+	active []*lockedRange
 }
 
+// lockedRange is an owned range [off, end).
 type lockedRange struct {
 	off, end int64
-	done     chan struct{}
+	idx      int // position in active
+	// done is made by the first writer that waits for the range, and
+	// closed when it is released.
+	done chan struct{}
 }
 
-func (l *rangeLock) init() { l.active = map[*lockedRange]struct{}{} }
+func (l *rangeLock) init() { l.active = nil }
 
 // acquire blocks until [off, off+n) overlaps no active range, then owns it.
 func (l *rangeLock) acquire(off, n int64) *lockedRange {
-	me := &lockedRange{off: off, end: off + n, done: make(chan struct{})}
+	me := &lockedRange{off: off, end: off + n}
 	l.mu.Lock()
 	for {
-		var wait chan struct{}
-		for a := range l.active {
-			if a.off < me.end && me.off < a.end {
-				wait = a.done
-				break
-			}
-		}
-		if wait == nil {
+		a := l.overlapLocked(off, me.end)
+		if a == nil {
 			break
 		}
+		if a.done == nil {
+			a.done = make(chan struct{})
+		}
+		wait := a.done
 		l.mu.Unlock()
 		<-wait
 		l.mu.Lock()
 	}
-	l.active[me] = struct{}{}
+	me.idx = len(l.active)
+	l.active = append(l.active, me)
 	l.mu.Unlock()
 	return me
 }
 
+// overlapLocked returns an active range overlapping [off, end), or nil.
+// Caller holds mu.
+func (l *rangeLock) overlapLocked(off, end int64) *lockedRange {
+	for _, a := range l.active {
+		if a.off < end && off < a.end {
+			return a
+		}
+	}
+	return nil
+}
+
 func (l *rangeLock) release(r *lockedRange) {
 	l.mu.Lock()
-	delete(l.active, r)
+	last := len(l.active) - 1
+	moved := l.active[last]
+	l.active[r.idx] = moved
+	moved.idx = r.idx
+	l.active[last] = nil
+	l.active = l.active[:last]
+	done := r.done
 	l.mu.Unlock()
-	close(r.done)
+	if done != nil {
+		close(done)
+	}
 }
 
 // writeKind says what a write request does to its range.
@@ -417,12 +441,7 @@ func (r *Resource) localIOError(op string, off int64, err error) {
 func (l *rangeLock) busy(off, n int64) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for a := range l.active {
-		if a.off < off+n && off < a.end {
-			return true
-		}
-	}
-	return false
+	return l.overlapLocked(off, off+n) != nil
 }
 
 // bufPool recycles request-sized buffers for peer writes and resync.
