@@ -1,6 +1,8 @@
 package nbd
 
 import (
+	"drbdd/zerocopy"
+
 	"bufio"
 	"context"
 	"errors"
@@ -140,7 +142,8 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
 		timeout = DefaultHandshakeTimeout
 	}
 	_ = c.SetDeadline(time.Now().Add(timeout))
-	br := bufio.NewReaderSize(c, readBufferSize)
+	cr := &zerocopy.CappedReader{R: c}
+	br := bufio.NewReaderSize(cr, readBufferSize)
 	n := &negotiator{provider: s.Provider, logf: s.logf, br: br, w: c}
 	exp, err := n.run()
 	if !stop() || ctx.Err() != nil {
@@ -159,7 +162,7 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
 		return fmt.Errorf("nbd: handshake: %w", err)
 	}
 	_ = c.SetDeadline(time.Time{})
-	return serveTransmission(ctx, c, br, exp, TransmissionOptions{
+	return serveTransmission(ctx, c, cr, br, exp, TransmissionOptions{
 		MaxInFlight:      s.MaxInFlight,
 		MaxInFlightBytes: s.MaxInFlightBytes,
 		Logf:             s.Logf,

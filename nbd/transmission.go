@@ -1,6 +1,9 @@
 package nbd
 
 import (
+	"drbdd/zerocopy"
+	"syscall"
+
 	"bufio"
 	"context"
 	"errors"
@@ -52,12 +55,13 @@ type TransmissionOptions struct {
 // it returns, every request in flight has finished, c is closed and
 // e.Release has been called.
 func ServeTransmission(ctx context.Context, c net.Conn, e *Export, opts TransmissionOptions) error {
-	return serveTransmission(ctx, c, bufio.NewReaderSize(c, readBufferSize), e, opts)
+	cr := &zerocopy.CappedReader{R: c}
+	return serveTransmission(ctx, c, cr, bufio.NewReaderSize(cr, readBufferSize), e, opts)
 }
 
-// serveTransmission is ServeTransmission reading from br, which may hold
-// bytes already read from c during the handshake.
-func serveTransmission(ctx context.Context, c net.Conn, br *bufio.Reader, e *Export, opts TransmissionOptions) error {
+// serveTransmission is ServeTransmission reading from br, which reads c
+// through cr and may hold bytes already read during the handshake.
+func serveTransmission(ctx context.Context, c net.Conn, cr *zerocopy.CappedReader, br *bufio.Reader, e *Export, opts TransmissionOptions) error {
 	defer e.release()
 	if e.Backend == nil {
 		c.Close()
@@ -70,6 +74,7 @@ func serveTransmission(ctx context.Context, c net.Conn, br *bufio.Reader, e *Exp
 	}
 	t := &transmission{
 		c:      c,
+		cr:     cr,
 		br:     br,
 		be:     e.Backend,
 		name:   e.Name,
@@ -106,6 +111,7 @@ func serveTransmission(ctx context.Context, c net.Conn, br *bufio.Reader, e *Exp
 	// The reader is done; let the workers finish, then close.
 	close(t.work)
 	t.wg.Wait()
+	t.closePipes()
 	stop()
 	c.Close()
 	if ctx.Err() != nil {
@@ -122,7 +128,8 @@ func serveTransmission(ctx context.Context, c net.Conn, br *bufio.Reader, e *Exp
 // share the fields documented as shared.
 type transmission struct {
 	c      net.Conn
-	br     *bufio.Reader // read only by the reader goroutine
+	cr     *zerocopy.CappedReader // under br
+	br     *bufio.Reader          // read only by the reader goroutine
 	be     Backend
 	name   string
 	size   uint64
@@ -134,6 +141,16 @@ type transmission struct {
 	work chan *request  // requests for the workers; closed by the reader
 	idle atomic.Int64   // workers waiting for work not yet handed out
 	wg   sync.WaitGroup // counts the workers
+
+	// pipes holds the idle pipes that large writes are read into when
+	// the backend is a PipeWriter; made on the first such write, closed
+	// when the workers are done. A request in flight owns its pipe.
+	pipes chan *zerocopy.Pipe
+	raw   syscall.RawConn // c's raw connection, with pipes
+	pw    PipeWriter      // be, with pipes
+	// npipes counts the pipes, idle or owned; a pipe that breaks and
+	// cannot be replaced is not counted any more. Shared.
+	npipes atomic.Int32
 }
 
 // readLoop decodes requests until DISC, EOF or an error, answers invalid
@@ -191,7 +208,13 @@ func (t *transmission) readLoop() error {
 		r := getRequest()
 		r.h = h
 		r.weight = int64(payload)
-		if payload > 0 {
+		if h.Type == cmdWrite && t.splices(payload) {
+			if err := t.readIntoPipe(r); err != nil {
+				t.lim.release(r.weight)
+				r.free()
+				return fmt.Errorf("nbd: reading WRITE payload: %w", err)
+			}
+		} else if payload > 0 {
 			r.buf, r.bufp = getBuffer(int(payload))
 			if h.Type == cmdWrite {
 				if _, err := io.ReadFull(t.br, r.buf); err != nil {
@@ -241,7 +264,11 @@ func (t *transmission) serve(r *request) {
 			err = t.be.ReadAt(r.buf, int64(h.Offset))
 		}
 	case cmdWrite:
-		if h.Length > 0 {
+		if r.chain != nil {
+			err = t.pw.WriteFromPipe(r.buf, r.chain, int(h.Length), int64(h.Offset), fua)
+			r.chain.Release(t.putPipe)
+			r.chain = nil
+		} else if h.Length > 0 {
 			err = t.be.WriteAt(r.buf, int64(h.Offset), fua)
 		}
 	case cmdFlush:
@@ -290,6 +317,7 @@ type request struct {
 	h        requestHeader
 	weight   int64                 // payload bytes charged to the limiter
 	buf      []byte                // payload, from getBuffer; nil if none
+	chain    *zerocopy.Chain       // the rest of a WRITE's payload after buf, if in pipes
 	bufp     *[]byte               // pool handle of buf
 	hdr      [replyHeaderSize]byte // reply header
 	withData bool                  // the reply carries buf after hdr
@@ -389,4 +417,118 @@ func (l *limiter) release(w int64) {
 	l.inFlight.Store(int32(l.n))
 	l.mu.Unlock()
 	l.cond.Signal()
+}
+
+// PipeWriter is implemented by a Backend that can take a large write's
+// data from a pipe, without the data being copied into memory first (see
+// package zerocopy).
+type PipeWriter interface {
+	// WriteFromPipe writes n bytes at off, like WriteAt: head, then the
+	// n-len(head) bytes in c, which it consumes.
+	WriteFromPipe(head []byte, c *zerocopy.Chain, n int, off int64, fua bool) error
+}
+
+// Writes of spliceMinWrite to spliceMaxWrite bytes are spliced into
+// pipes when the backend is a PipeWriter; pipesPerConn bounds the pipes
+// of one connection, and so the writes it holds in them.
+const (
+	spliceMinWrite = 64 << 10
+	spliceMaxWrite = 1 << 20
+	pipesPerConn   = 16
+)
+
+// splices reports whether a WRITE of n bytes is read into a pipe. Called
+// by the reader only.
+func (t *transmission) splices(n uint32) bool {
+	if n < spliceMinWrite || n > spliceMaxWrite || t.br.Buffered() >= int(n) {
+		return false
+	}
+	if t.pipes != nil {
+		// With no pipe left, waiting for one would never end.
+		return t.npipes.Load() > 0
+	}
+	pw, ok := t.be.(PipeWriter)
+	raw, rok := zerocopy.RawConn(t.c)
+	if !ok || !rok {
+		return false
+	}
+	pipes := make(chan *zerocopy.Pipe, pipesPerConn)
+	for range pipesPerConn {
+		p, err := zerocopy.NewPipe(zerocopy.DefaultPipeSize)
+		if err != nil {
+			break
+		}
+		pipes <- p
+	}
+	if len(pipes) == 0 {
+		return false
+	}
+	t.npipes.Store(int32(len(pipes)))
+	t.pipes, t.raw, t.pw = pipes, raw, pw
+	return true
+}
+
+// readIntoPipe reads a WRITE's payload: what the read buffer holds into
+// r.buf, the rest into pipes for r.chain.
+func (t *transmission) readIntoPipe(r *request) error {
+	n := int(r.h.Length)
+	if head := min(t.br.Buffered(), n); head > 0 {
+		r.buf, r.bufp = getBuffer(head)
+		if _, err := io.ReadFull(t.br, r.buf); err != nil {
+			return err
+		}
+	}
+	c := &zerocopy.Chain{}
+	if err := c.FillFromConn(t.raw, n-len(r.buf), t.takePipe); err != nil {
+		c.Release(t.putPipe)
+		return err
+	}
+	r.chain = c
+	// The next fill of the read buffer takes just the next request's
+	// header, so that the data of a write behind it stays in the socket.
+	t.cr.Next = requestHeaderSize
+	return nil
+}
+
+// takePipe waits for an idle pipe; it returns nil if none is left at
+// all.
+func (t *transmission) takePipe() *zerocopy.Pipe {
+	select {
+	case p := <-t.pipes:
+		return p
+	default:
+	}
+	if t.npipes.Load() == 0 {
+		return nil
+	}
+	return <-t.pipes
+}
+
+// putPipe gives a pipe back; one that may hold bytes is replaced.
+func (t *transmission) putPipe(p *zerocopy.Pipe, empty bool) {
+	if !empty {
+		p.Close()
+		np, err := zerocopy.NewPipe(zerocopy.DefaultPipeSize)
+		if err != nil {
+			t.npipes.Add(-1)
+			return
+		}
+		p = np
+	}
+	t.pipes <- p
+}
+
+// closePipes releases the pipes once the workers are done.
+func (t *transmission) closePipes() {
+	if t.pipes == nil {
+		return
+	}
+	for {
+		select {
+		case p := <-t.pipes:
+			p.Close()
+		default:
+			return
+		}
+	}
 }

@@ -28,13 +28,16 @@ import (
 )
 
 // DefaultPipeSize is the capacity asked of a new pipe: one largest DRBD
-// data block.
+// data block, and the default /proc/sys/fs/pipe-max-size. A pipe has one
+// slot per page, and each slot takes one fragment of a socket buffer, up
+// to a page or more, so what a pipe takes from a socket varies; a Chain
+// continues a block in another pipe.
 const DefaultPipeSize = 1 << 20
 
 // Pipe is a kernel pipe used as a staging buffer between splice calls. It
-// is not safe for concurrent use. Every method leaves the pipe empty
-// when it returns without error; after an error the pipe must be closed,
-// since it may hold bytes of a half-moved block.
+// is not safe for concurrent use. Its owner keeps count of the bytes in
+// it; after an error the pipe must be closed, since it may hold bytes of
+// a half-moved block.
 type Pipe struct {
 	r, w int
 	size int
@@ -49,8 +52,13 @@ func NewPipe(size int) (*Pipe, error) {
 	}
 	p := &Pipe{r: fds[0], w: fds[1]}
 	got, err := unix.FcntlInt(uintptr(p.w), unix.F_SETPIPE_SZ, size)
+	for err != nil && size > 64<<10 {
+		// Beyond /proc/sys/fs/pipe-max-size without CAP_SYS_RESOURCE:
+		// a smaller pipe still works, in more rounds or with fallbacks.
+		size /= 2
+		got, err = unix.FcntlInt(uintptr(p.w), unix.F_SETPIPE_SZ, size)
+	}
 	if err != nil {
-		// The default capacity (64 KiB) still works, in more rounds.
 		got, err = unix.FcntlInt(uintptr(p.w), unix.F_GETPIPE_SZ, 0)
 		if err != nil {
 			p.Close()
@@ -79,7 +87,7 @@ var ErrShortSource = errors.New("zerocopy: source ended early")
 var ErrPipeFull = errors.New("zerocopy: pipe full")
 
 // FillFromConn splices exactly n bytes from the socket behind src into
-// the empty pipe, waiting under the socket's read deadline for them to
+// the pipe, after what it holds, waiting under the socket's read deadline for them to
 // arrive. It returns how many bytes the pipe holds; with ErrPipeFull,
 // fewer than n, and the rest is still in the socket.
 func (p *Pipe) FillFromConn(src syscall.RawConn, n int) (int, error) {
@@ -94,11 +102,9 @@ func (p *Pipe) FillFromConn(src syscall.RawConn, n int) (int, error) {
 			case e == unix.EAGAIN:
 				// Either the socket has nothing yet (wait for it) or the
 				// pipe is full; only bytes waiting in the socket tell.
-				if held > 0 {
-					if avail, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ); err == nil && avail > 0 {
-						serr = ErrPipeFull
-						return true
-					}
+				if avail, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ); err == nil && avail > 0 {
+					serr = ErrPipeFull
+					return true
 				}
 				return false
 			case e != nil:
@@ -362,4 +368,43 @@ func SendMore(dst syscall.RawConn, b []byte) error {
 		return fmt.Errorf("send: %w", err)
 	}
 	return nil
+}
+
+// ErrShortTee reports that a tee could not duplicate all the bytes asked
+// for; the destination pipe then holds some of them.
+var ErrShortTee = errors.New("zerocopy: tee duplicated fewer bytes than asked")
+
+// TeeTo duplicates the first n bytes in the pipe into the empty pipe dst
+// without consuming them: both pipes then share the same pages.
+func (p *Pipe) TeeTo(dst *Pipe, n int) error {
+	for {
+		m, err := unix.Tee(p.r, dst.w, n, unix.SPLICE_F_NONBLOCK)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("tee: %w", err)
+		}
+		if int(m) != n {
+			return ErrShortTee
+		}
+		return nil
+	}
+}
+
+// CappedReader reads from R, each read at most Next bytes when Next is
+// positive; a read resets Next. A bufio.Reader over it reads greedily
+// from a socket; capping its next fill to the header of the next request
+// leaves that request's data in the socket, to be spliced.
+type CappedReader struct {
+	R    io.Reader
+	Next int
+}
+
+func (c *CappedReader) Read(p []byte) (int, error) {
+	if c.Next > 0 && len(p) > c.Next {
+		p = p[:c.Next]
+	}
+	c.Next = 0
+	return c.R.Read(p)
 }

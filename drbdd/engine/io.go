@@ -1,6 +1,8 @@
 package engine
 
 import (
+	"drbdd/zerocopy"
+
 	"errors"
 	"fmt"
 	"sync"
@@ -338,9 +340,16 @@ func (r *Resource) writeLocked(ld *localDisk, kind writeKind, p []byte, off, len
 	r.io.local.Add(1)
 	err := localWrite(ld.dev, kind, p, off, length, fua)
 	r.io.local.Add(-1)
+	return r.writeDone(ld, s, q, off, length, err)
+}
+
+// writeDone finishes a write whose local part ended with err and whose
+// peer part is q (nil if not sent): it waits for the peer and records
+// which blocks both sides hold.
+func (r *Resource) writeDone(ld *localDisk, s *session, q *peerReq, off, length int64, err error) error {
 	if err != nil {
 		if q != nil {
-			<-q.done // the peer still reads p until then
+			<-q.done // the peer still reads the data until then
 		}
 		return r.ioError("write", off, err)
 	}
@@ -464,4 +473,111 @@ func putBuf(b []byte) {
 	}
 	b = b[:0]
 	bufPool.Put(&b)
+}
+
+// WriteFromPipe is the Primary's write of a large block that the NBD
+// server read into pipes (see nbd.PipeWriter). The block goes to the
+// local page cache and to the peer by splice, duplicated with tee,
+// without entering memory. A write that cannot take that path (unaligned,
+// too large, FUA, a disk or peer socket that cannot be spliced) reads the
+// block into memory and takes the ordinary one.
+func (b *backend) WriteFromPipe(head []byte, c *zerocopy.Chain, n int, off int64, fua bool) error {
+	r := b.r
+	ld := r.ldev.Load()
+	if spliceOff || fua || ld == nil || off%bdev.SectorSize != 0 || n%bdev.SectorSize != 0 || n > maxWriteChunk || pageCacheFile(ld.dev) == nil {
+		buf, err := readChain(head, c, n)
+		if err != nil {
+			return fmt.Errorf("%s: reading write data: %w", r.name, err)
+		}
+		defer putBuf(buf)
+		return r.write(writeData, buf, off, int64(n), fua)
+	}
+	r.io.writeGate.RLock()
+	defer r.io.writeGate.RUnlock()
+	r.io.gate.RLock()
+	defer r.io.gate.RUnlock()
+	if st := r.State(); st.Role != replication.Primary {
+		return fmt.Errorf("%s: %w: not Primary", r.name, nbd.ErrNotPermitted)
+	}
+	if ld = r.ldev.Load(); ld == nil || pageCacheFile(ld.dev) == nil {
+		return fmt.Errorf("%s: no local disk", r.name)
+	}
+	r.io.appPending.Add(1)
+	defer r.io.appPending.Add(-1)
+	length := int64(n)
+	lr := r.io.writes.acquire(off, length)
+	defer r.io.writes.release(lr)
+
+	// The peer's copy is a tee of the pipes, taken before the local write
+	// consumes them.
+	s := r.sess.Load()
+	var tc *zerocopy.Chain
+	if s != nil && r.State().PDsk >= replication.Inconsistent {
+		if s.splice.raw == nil {
+			return r.writeChainInMemory(ld, head, c, off, length)
+		}
+		var err error
+		tc, err = c.TeeTo(func() *zerocopy.Pipe { return s.splice.tx.take(s.ctx.Done()) })
+		if err != nil {
+			tc.Release(s.splice.tx.put)
+			if s.ctx.Err() != nil {
+				tc = nil // the session ends: the block stays out of sync
+			} else {
+				return r.writeChainInMemory(ld, head, c, off, length)
+			}
+		}
+	}
+	if err := ld.beginWrite(off, length); err != nil {
+		if tc != nil {
+			tc.Release(s.splice.tx.put)
+		}
+		return r.ioError("activity log update", off, err)
+	}
+	defer ld.endWrite(off, length)
+	var q *peerReq
+	if tc != nil {
+		q = s.submitWritePiped(head, tc, off, length)
+	}
+	r.io.local.Add(1)
+	err := writeHeadAndChain(ld.dev, head, c, off, length)
+	r.io.local.Add(-1)
+	return r.writeDone(ld, s, q, off, length, err)
+}
+
+// readChain reads a block of n bytes, head and then the bytes in c, into
+// a buffer from getBuf.
+func readChain(head []byte, c *zerocopy.Chain, n int) ([]byte, error) {
+	buf := getBuf(n)
+	k := copy(buf, head)
+	if err := c.ReadFull(buf[k:n]); err != nil {
+		putBuf(buf)
+		return nil, err
+	}
+	return buf, nil
+}
+
+// writeChainInMemory reads a block from its pipes into memory and writes
+// it the ordinary way; the caller owns the range.
+func (r *Resource) writeChainInMemory(ld *localDisk, head []byte, c *zerocopy.Chain, off, length int64) error {
+	buf, err := readChain(head, c, int(length))
+	if err != nil {
+		return fmt.Errorf("%s: reading write data: %w", r.name, err)
+	}
+	defer putBuf(buf)
+	return r.writeLocked(ld, writeData, buf, off, length, false)
+}
+
+// writeHeadAndChain writes head at off and the rest of the block from c
+// into the page cache behind dev.
+func writeHeadAndChain(dev bdev.Device, head []byte, c *zerocopy.Chain, off, length int64) error {
+	if len(head) > 0 {
+		if _, err := dev.WriteAt(head, off); err != nil {
+			return err
+		}
+	}
+	f := pageCacheFile(dev)
+	if f == nil {
+		return fmt.Errorf("disk cannot be spliced into")
+	}
+	return c.DrainToFile(f, off+int64(len(head)), int(length)-len(head))
 }

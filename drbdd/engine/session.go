@@ -15,6 +15,7 @@ import (
 	"drbdd/drbdd/meta"
 	"drbdd/drbdd/replication"
 	"drbdd/protocol"
+	"drbdd/zerocopy"
 )
 
 // errPeerLost completes requests whose peer went away before acking them;
@@ -89,7 +90,7 @@ type session struct {
 	dataRd       *bufio.Reader
 	// rxLimit is the data socket under dataRd; the receiver caps its
 	// reads to leave data blocks in the socket for splicing.
-	rxLimit rxLimiter
+	rxLimit zerocopy.CappedReader
 	// splice holds the raw data socket and pipes for moving data blocks
 	// between it and the disk without copies.
 	splice spliceState
@@ -190,7 +191,7 @@ func newSession(c *connection, data, meta *protocol.Conn, dataNC, metaNC net.Con
 	s.barrierCond = sync.NewCond(&s.pmu)
 	// Buffered reads take many packets per system call; the writers
 	// combine concurrent packets into one.
-	s.rxLimit.nc = dataNC
+	s.rxLimit.R = dataNC
 	s.dataRd = bufio.NewReaderSize(&s.rxLimit, 256<<10)
 	s.splice = newSpliceState(dataNC)
 	s.rsSendq = make(chan rsJob, serveParallel)
@@ -580,43 +581,11 @@ func (s *session) gotMeta(cmd protocol.Cmd, payload []byte) error {
 // submitWrite sends an application write to the peer. It returns nil when
 // the session is closing; the caller then marks the blocks out of sync.
 func (s *session) submitWrite(kind writeKind, p []byte, off, n int64, fua bool) *peerReq {
-	q := &peerReq{off: off, n: n, sentAt: time.Now(), done: make(chan struct{})}
 	s.sendMu.Lock()
-	// A write that may depend on a completed one opens a new epoch; its
-	// barrier goes out in the same flush as the data packet.
-	var barrier []byte
-	if s.epochWrites > 0 && (s.epochCompletion || s.epochWrites >= s.maxEpochWrites) {
-		barrier = s.closeEpochLocked()
-	}
-	s.pmu.Lock()
-	if s.closed {
-		s.pmu.Unlock()
+	q, hdr, barrier := s.registerWriteLocked(off, n, fua)
+	if q == nil {
 		s.sendMu.Unlock()
 		return nil
-	}
-	s.nextID++
-	q.id = s.nextID
-	s.pending[q.id] = q
-	if len(s.tl) == 0 || s.tl[len(s.tl)-1].closed {
-		s.tl = append(s.tl, &tlEpoch{nr: s.epoch})
-	}
-	e := s.tl[len(s.tl)-1]
-	e.ranges = append(e.ranges, [2]int64{off, n})
-	s.pmu.Unlock()
-	s.r.io.pending.Add(1)
-
-	s.seq++
-	hdr := protocol.DataHeader{Sector: uint64(off) / 512, BlockID: q.id, SeqNum: s.seq, DPFlags: protocol.DPMaySetInSync}
-	if fua {
-		hdr.DPFlags |= protocol.DPFUA
-	}
-	if s.version >= 100 {
-		switch s.wireProto {
-		case protocol.ProtocolC:
-			hdr.DPFlags |= protocol.DPSendWriteAck
-		case protocol.ProtocolB:
-			hdr.DPFlags |= protocol.DPSendReceiveAck
-		}
 	}
 	var cmd protocol.Cmd
 	var head, body []byte
@@ -631,7 +600,6 @@ func (s *session) submitWrite(kind writeKind, p []byte, off, n int64, fua bool) 
 		t := protocol.Trim{DataHeader: hdr, Size: uint32(n)}
 		head = t.MarshalAppend(nil)
 	}
-	s.epochWrites++
 	// Queued directly, under sendMu, so that data packets and barriers
 	// keep their order on the wire; flushed after sendMu is released, so
 	// that the writes of other clients can join the same system call.
@@ -646,11 +614,90 @@ func (s *session) submitWrite(kind writeKind, p []byte, off, n int64, fua bool) 
 	if err == nil && flush {
 		err = s.dataW.flushQueued()
 	}
+	return s.submitted(q, cmd, len(body), err)
+}
+
+// submitWritePiped sends a data block held in pipes to the peer, like
+// submitWrite: the P_DATA packet carries head and then the bytes in tc,
+// spliced into the socket. tc's pipes go back to the pool.
+func (s *session) submitWritePiped(head []byte, tc *zerocopy.Chain, off, n int64) *peerReq {
+	defer tc.Release(s.splice.tx.put)
+	s.sendMu.Lock()
+	q, hdr, barrier := s.registerWriteLocked(off, n, false)
+	if q == nil {
+		s.sendMu.Unlock()
+		return nil
+	}
+	var flush bool
+	var err error
+	if barrier != nil {
+		flush, err = s.dataW.queue(protocol.PBarrier, barrier)
+	}
+	if err == nil {
+		// The barrier, and whatever else is queued, goes out first.
+		err = s.dataW.sendSpliced(s.splice.raw, protocol.PData, append(hdr.MarshalAppend(nil), head...), tc.Len(), func() error {
+			return tc.ToConn(s.splice.raw, false)
+		})
+	}
+	s.sendMu.Unlock()
+	if err == nil && flush {
+		err = s.dataW.flushQueued()
+	}
+	return s.submitted(q, protocol.PData, int(n), err)
+}
+
+// registerWriteLocked opens a new epoch if the write needs one (returning
+// the barrier to send first), records the write as pending in the
+// transfer log and builds its p_data header. It returns a nil peerReq if
+// the session is closed. Caller holds sendMu.
+func (s *session) registerWriteLocked(off, n int64, fua bool) (q *peerReq, hdr protocol.DataHeader, barrier []byte) {
+	q = &peerReq{off: off, n: n, sentAt: time.Now(), done: make(chan struct{})}
+	// A write that may depend on a completed one opens a new epoch; its
+	// barrier goes out in the same flush as the data packet.
+	if s.epochWrites > 0 && (s.epochCompletion || s.epochWrites >= s.maxEpochWrites) {
+		barrier = s.closeEpochLocked()
+	}
+	s.pmu.Lock()
+	if s.closed {
+		s.pmu.Unlock()
+		return nil, hdr, nil
+	}
+	s.nextID++
+	q.id = s.nextID
+	s.pending[q.id] = q
+	if len(s.tl) == 0 || s.tl[len(s.tl)-1].closed {
+		s.tl = append(s.tl, &tlEpoch{nr: s.epoch})
+	}
+	e := s.tl[len(s.tl)-1]
+	e.ranges = append(e.ranges, [2]int64{off, n})
+	s.pmu.Unlock()
+	s.r.io.pending.Add(1)
+
+	s.seq++
+	hdr = protocol.DataHeader{Sector: uint64(off) / 512, BlockID: q.id, SeqNum: s.seq, DPFlags: protocol.DPMaySetInSync}
+	if fua {
+		hdr.DPFlags |= protocol.DPFUA
+	}
+	if s.version >= 100 {
+		switch s.wireProto {
+		case protocol.ProtocolC:
+			hdr.DPFlags |= protocol.DPSendWriteAck
+		case protocol.ProtocolB:
+			hdr.DPFlags |= protocol.DPSendReceiveAck
+		}
+	}
+	s.epochWrites++
+	return q, hdr, barrier
+}
+
+// submitted finishes the submission of q, whose packet of cmd with a
+// block of sent bytes went out (or failed with err).
+func (s *session) submitted(q *peerReq, cmd protocol.Cmd, sent int, err error) *peerReq {
 	if err != nil {
 		s.cancel(fmt.Errorf("sending %s: %w", cmd, err))
 		return q // teardown resolves it
 	}
-	s.r.io.netSend.Add(uint64(len(body)))
+	s.r.io.netSend.Add(uint64(sent))
 	if s.wireProto == protocol.ProtocolA {
 		// Protocol A: done once the data is on the wire.
 		s.pmu.Lock()

@@ -1,10 +1,8 @@
 package engine
 
 import (
-	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"sync/atomic"
 	"syscall"
@@ -73,8 +71,12 @@ func newPipePool(n int) pipePool {
 	return pp
 }
 
+// spliceOff turns splicing off (DRBDD_NO_SPLICE set): every block is
+// copied through memory, as a fallback if a kernel misbehaves.
+var spliceOff = os.Getenv("DRBDD_NO_SPLICE") != ""
+
 func newSpliceState(nc any) spliceState {
-	if os.Getenv("DRBDD_NO_SPLICE") != "" {
+	if spliceOff {
 		return spliceState{}
 	}
 	raw, ok := zerocopy.RawConn(nc)
@@ -145,27 +147,26 @@ func (pp pipePool) put(p *zerocopy.Pipe, empty bool) {
 
 // rxBlock is the data block of a packet from the peer, consumed in
 // order, at most once, by write and skip, and then released. It is
-// either wholly in memory, or held in a pipe (after its first bytes, in
+// either wholly in memory, or held in pipes (after its first bytes, in
 // memory when the receive buffer had read them), to be spliced into the
 // disk's page cache.
 type rxBlock struct {
-	mem    []byte         // the whole block, or the part before the pipe's
-	pipe   *zerocopy.Pipe // the rest of the block, if held in a pipe
-	pool   pipePool       // where pipe goes back
-	n      int64          // the block's size
-	pos    int64          // bytes consumed so far
-	bad    bool           // the pipe's contents are no longer in step
-	pooled bool           // mem came from getBuf
+	mem    []byte          // the whole block, or the part before the pipes'
+	chain  *zerocopy.Chain // the rest of the block, if held in pipes
+	pool   pipePool        // where the chain's pipes go back
+	n      int64           // the block's size
+	pos    int64           // bytes consumed so far
+	pooled bool            // mem came from getBuf
 }
 
 func memBlock(p []byte) *rxBlock { return &rxBlock{mem: p, n: int64(len(p))} }
 
-// held reports whether part of the block is in a pipe.
-func (b *rxBlock) held() bool { return b != nil && b.pipe != nil }
+// held reports whether part of the block is in pipes.
+func (b *rxBlock) held() bool { return b != nil && b.chain != nil }
 
 // write writes the next length bytes of the block to dev at off.
 func (b *rxBlock) write(dev bdev.Device, off, length int64, fua bool) error {
-	if b.pipe == nil {
+	if b.chain == nil {
 		p := b.mem[b.pos : b.pos+length]
 		b.pos += length
 		return localWrite(dev, writeData, p, off, length, fua)
@@ -179,20 +180,13 @@ func (b *rxBlock) write(dev bdev.Device, off, length int64, fua bool) error {
 	}
 	if length > 0 {
 		f := pageCacheFile(dev)
-		switch {
-		case b.bad:
-			err = errors.Join(err, fmt.Errorf("data block lost after an earlier error"))
-		case err != nil || f == nil:
-			if derr := b.pipe.Discard(int(length)); derr != nil {
-				b.bad = true
-			}
+		if err != nil || f == nil {
+			b.chain.Discard(int(length))
 			if err == nil {
 				err = fmt.Errorf("disk cannot be spliced into")
 			}
-		default:
-			if err = b.pipe.DrainToFile(f, off, int(length)); err != nil {
-				b.bad = true
-			}
+		} else {
+			err = b.chain.DrainToFile(f, off, int(length))
 		}
 		b.pos += length
 	}
@@ -204,42 +198,39 @@ func (b *rxBlock) write(dev bdev.Device, off, length int64, fua bool) error {
 
 // skip drops the next length bytes of the block.
 func (b *rxBlock) skip(length int64) {
-	if k := min(int64(len(b.mem))-b.pos, length); b.pipe != nil && k > 0 {
+	if b.chain != nil {
+		k := min(max(int64(len(b.mem))-b.pos, 0), length)
 		b.pos += k
 		length -= k
-	}
-	if b.pipe != nil && length > 0 && !b.bad {
-		if b.pipe.Discard(int(length)) != nil {
-			b.bad = true
+		if length > 0 {
+			b.chain.Discard(int(length))
 		}
 	}
 	b.pos += length
 }
 
-// release gives back the pipe and buffer; the block is done with. It may
-// be called more than once, and on nil.
+// release gives back the pipes and buffer; the block is done with. It
+// may be called more than once, and on nil.
 func (b *rxBlock) release() {
 	if b == nil {
 		return
 	}
-	if b.pipe != nil {
-		if b.pos < b.n {
-			b.skip(b.n - b.pos)
-		}
-		b.pool.put(b.pipe, !b.bad)
-		b.pipe = nil
+	if b.chain != nil {
+		b.chain.Release(b.pool.put)
+		b.chain = nil
 	}
 	if b.pooled {
 		putBuf(b.mem)
 		b.mem = nil
+		b.pooled = false
 	}
 }
 
 // readBlock reads a data packet whose block is worth splicing into the
-// page cache: its p_data sub-header, and the block into a pipe. ok is
+// page cache: its p_data sub-header, and the block into pipes. ok is
 // false, and nothing read, when the packet is to be read whole instead:
-// the disk or socket cannot be spliced, the block is small or already in
-// the receive buffer, or no pipe is free.
+// the disk or socket cannot be spliced, or the block is small or already
+// in the receive buffer.
 func (s *session) readBlock(h protocol.Header) (d protocol.DataHeader, b *rxBlock, ok bool, err error) {
 	z := &s.splice
 	if z.raw == nil || (h.Cmd != protocol.PData && h.Cmd != protocol.PRSDataReply) {
@@ -254,71 +245,33 @@ func (s *session) readBlock(h protocol.Header) (d protocol.DataHeader, b *rxBloc
 	if ld == nil || pageCacheFile(ld.dev) == nil {
 		return d, nil, false, nil
 	}
-	p := z.rx.take(s.ctx.Done())
-	if p == nil {
-		return d, nil, false, s.ctx.Err()
-	}
 	var hb [protocol.DataHeaderSize]byte
 	if k := s.dataRd.Buffered(); k < len(hb) {
 		// The buffer's fill takes just the rest of the sub-header.
-		s.rxLimit.next = len(hb) - k
+		s.rxLimit.Next = len(hb) - k
 	}
 	if _, err := io.ReadFull(s.dataRd, hb[:]); err != nil {
-		z.rx.put(p, true)
 		return d, nil, false, fmt.Errorf("reading %s payload: %w", h.Cmd, err)
 	}
 	var full protocol.Data
 	if err := full.Unmarshal(hb[:]); err != nil {
-		z.rx.put(p, true)
 		return d, nil, false, protoErr("%s: %v", h.Cmd, err)
 	}
-	b = &rxBlock{pipe: p, pool: z.rx, n: int64(n)}
+	b = &rxBlock{chain: &zerocopy.Chain{}, pool: z.rx, n: int64(n)}
 	// The bytes the receive buffer holds already stay in memory.
 	if k := s.dataRd.Buffered(); k > 0 {
 		b.mem, b.pooled = getBuf(k), true
 		io.ReadFull(s.dataRd, b.mem)
 	}
-	rest := n - len(b.mem)
-	got, err := p.FillFromConn(z.raw, rest)
-	if errors.Is(err, zerocopy.ErrPipeFull) {
-		// Too many fragments for the pipe: read the block into memory.
-		mem := getBuf(n)
-		k := copy(mem, b.mem)
-		err = p.ReadFull(mem[k : k+got])
-		if err == nil {
-			_, err = io.ReadFull(s.dataRd, mem[k+got:])
-		}
-		b.release()
-		b = &rxBlock{mem: mem, n: int64(n), pooled: true}
-	}
+	err = b.chain.FillFromConn(z.raw, n-len(b.mem), func() *zerocopy.Pipe { return z.rx.take(s.ctx.Done()) })
 	if err != nil {
-		b.bad = true
 		b.release()
 		return d, nil, false, fmt.Errorf("receiving %s: %w", h.Cmd, err)
 	}
 	// Blocks come in runs: read only the next packet's head, so that a
 	// block behind it can be spliced too.
-	s.rxLimit.next = protocol.HeaderSize100 + protocol.DataHeaderSize
+	s.rxLimit.Next = protocol.HeaderSize100 + protocol.DataHeaderSize
 	return full.DataHeader, b, true, nil
-}
-
-// rxLimiter is the data socket as the receive buffer reads it. The buffer
-// reads greedily; after a block read into a pipe, and before the
-// sub-header of a block to splice, the receiver caps the buffer's next
-// fill so that the following block stays in the socket. Only the
-// receiver goroutine (and the handshake before it) reads through it.
-type rxLimiter struct {
-	nc net.Conn
-	// next, when positive, caps the next read.
-	next int
-}
-
-func (l *rxLimiter) Read(p []byte) (int, error) {
-	if l.next > 0 && len(p) > l.next {
-		p = p[:l.next]
-	}
-	l.next = 0
-	return l.nc.Read(p)
 }
 
 // ackBatch bounds the resync acks held back while blocks are written in
