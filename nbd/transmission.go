@@ -76,6 +76,7 @@ func serveTransmission(ctx context.Context, c net.Conn, cr *zerocopy.CappedReade
 		c:      c,
 		cr:     cr,
 		br:     br,
+		done:   ctx.Done(),
 		be:     e.Backend,
 		name:   e.Name,
 		size:   uint64(size),
@@ -142,15 +143,13 @@ type transmission struct {
 	idle atomic.Int64   // workers waiting for work not yet handed out
 	wg   sync.WaitGroup // counts the workers
 
-	// pipes holds the idle pipes that large writes are read into when
-	// the backend is a PipeWriter; made on the first such write, closed
-	// when the workers are done. A request in flight owns its pipe.
-	pipes chan *zerocopy.Pipe
+	// pipes holds the pipes that large writes are read into when the
+	// backend is a PipeWriter; made on the first such write, closed when
+	// the workers are done. A request in flight owns its pipes.
+	pipes *zerocopy.Pool
 	raw   syscall.RawConn // c's raw connection, with pipes
 	pw    PipeWriter      // be, with pipes
-	// npipes counts the pipes, idle or owned; a pipe that breaks and
-	// cannot be replaced is not counted any more. Shared.
-	npipes atomic.Int32
+	done  <-chan struct{} // closed when the connection is to end
 }
 
 // readLoop decodes requests until DISC, EOF or an error, answers invalid
@@ -208,7 +207,7 @@ func (t *transmission) readLoop() error {
 		r := getRequest()
 		r.h = h
 		r.weight = int64(payload)
-		if h.Type == cmdWrite && t.splices(payload) {
+		if h.Type == cmdWrite && t.splices(h.Offset, payload) {
 			if err := t.readIntoPipe(r); err != nil {
 				t.lim.release(r.weight)
 				r.free()
@@ -266,7 +265,7 @@ func (t *transmission) serve(r *request) {
 	case cmdWrite:
 		if r.chain != nil {
 			err = t.pw.WriteFromPipe(r.buf, r.chain, int(h.Length), int64(h.Offset), fua)
-			r.chain.Release(t.putPipe)
+			r.chain.Release(t.pipes.Put)
 			r.chain = nil
 		} else if h.Length > 0 {
 			err = t.be.WriteAt(r.buf, int64(h.Offset), fua)
@@ -423,6 +422,9 @@ func (l *limiter) release(w int64) {
 // data from a pipe, without the data being copied into memory first (see
 // package zerocopy).
 type PipeWriter interface {
+	// TakesPipe reports whether a write of n bytes at off would use a
+	// pipe; if not, the server reads the data into memory as usual.
+	TakesPipe(off int64, n int) bool
 	// WriteFromPipe writes n bytes at off, like WriteAt: head, then the
 	// n-len(head) bytes in c, which it consumes.
 	WriteFromPipe(head []byte, c *zerocopy.Chain, n int, off int64, fua bool) error
@@ -439,33 +441,23 @@ const (
 
 // splices reports whether a WRITE of n bytes is read into a pipe. Called
 // by the reader only.
-func (t *transmission) splices(n uint32) bool {
+func (t *transmission) splices(off uint64, n uint32) bool {
 	if n < spliceMinWrite || n > spliceMaxWrite || t.br.Buffered() >= int(n) {
 		return false
 	}
 	if t.pipes != nil {
-		// With no pipe left, waiting for one would never end.
-		return t.npipes.Load() > 0
+		return t.pw.TakesPipe(int64(off), int(n))
 	}
 	pw, ok := t.be.(PipeWriter)
 	raw, rok := zerocopy.RawConn(t.c)
 	if !ok || !rok {
 		return false
 	}
-	pipes := make(chan *zerocopy.Pipe, pipesPerConn)
-	for range pipesPerConn {
-		p, err := zerocopy.NewPipe(zerocopy.DefaultPipeSize)
-		if err != nil {
-			break
-		}
-		pipes <- p
-	}
-	if len(pipes) == 0 {
+	if t.pipes = zerocopy.NewPool(pipesPerConn); t.pipes == nil {
 		return false
 	}
-	t.npipes.Store(int32(len(pipes)))
-	t.pipes, t.raw, t.pw = pipes, raw, pw
-	return true
+	t.raw, t.pw = raw, pw
+	return pw.TakesPipe(int64(off), int(n))
 }
 
 // readIntoPipe reads a WRITE's payload: what the read buffer holds into
@@ -480,7 +472,7 @@ func (t *transmission) readIntoPipe(r *request) error {
 	}
 	c := &zerocopy.Chain{}
 	if err := c.FillFromConn(t.raw, n-len(r.buf), t.takePipe); err != nil {
-		c.Release(t.putPipe)
+		c.Release(t.pipes.Put)
 		return err
 	}
 	r.chain = c
@@ -490,45 +482,12 @@ func (t *transmission) readIntoPipe(r *request) error {
 	return nil
 }
 
-// takePipe waits for an idle pipe; it returns nil if none is left at
-// all.
-func (t *transmission) takePipe() *zerocopy.Pipe {
-	select {
-	case p := <-t.pipes:
-		return p
-	default:
-	}
-	if t.npipes.Load() == 0 {
-		return nil
-	}
-	return <-t.pipes
-}
-
-// putPipe gives a pipe back; one that may hold bytes is replaced.
-func (t *transmission) putPipe(p *zerocopy.Pipe, empty bool) {
-	if !empty {
-		p.Close()
-		np, err := zerocopy.NewPipe(zerocopy.DefaultPipeSize)
-		if err != nil {
-			t.npipes.Add(-1)
-			return
-		}
-		p = np
-	}
-	t.pipes <- p
-}
+// takePipe waits for an idle pipe; nil means none is to be had.
+func (t *transmission) takePipe() *zerocopy.Pipe { return t.pipes.Take(t.done) }
 
 // closePipes releases the pipes once the workers are done.
 func (t *transmission) closePipes() {
-	if t.pipes == nil {
-		return
-	}
-	for {
-		select {
-		case p := <-t.pipes:
-			p.Close()
-		default:
-			return
-		}
+	if t.pipes != nil {
+		t.pipes.Close()
 	}
 }

@@ -200,19 +200,11 @@ func (b *backend) Flush() error { return b.r.flush() }
 // 512-byte sectors, so an unaligned request is split into an aligned
 // middle and read-modify-write of its partial head and tail sectors.
 func (r *Resource) write(kind writeKind, p []byte, off, length int64, fua bool) error {
-	r.io.writeGate.RLock()
-	defer r.io.writeGate.RUnlock()
-	r.io.gate.RLock()
-	defer r.io.gate.RUnlock()
-	if st := r.State(); st.Role != replication.Primary {
-		return fmt.Errorf("%s: %w: not Primary", r.name, nbd.ErrNotPermitted)
+	ld, err := r.beginAppWrite()
+	if err != nil {
+		return err
 	}
-	ld := r.ldev.Load()
-	if ld == nil {
-		return fmt.Errorf("%s: no local disk", r.name)
-	}
-	r.io.appPending.Add(1)
-	defer r.io.appPending.Add(-1)
+	defer r.endAppWrite()
 	const sect = bdev.SectorSize
 	if off%sect == 0 && length%sect == 0 {
 		return r.writeRange(ld, kind, p, off, length, fua)
@@ -242,6 +234,34 @@ func (r *Resource) write(kind writeKind, p []byte, off, length int64, fua bool) 
 		return r.writePartialSector(ld, kind, tail, tailStart, end-tailStart, fua)
 	}
 	return nil
+}
+
+// beginAppWrite admits an application write: it holds the gates that
+// role changes and detaching wait on, checks that this node is Primary
+// with a disk, and counts the write as pending. endAppWrite undoes it.
+func (r *Resource) beginAppWrite() (*localDisk, error) {
+	r.io.writeGate.RLock()
+	r.io.gate.RLock()
+	if st := r.State(); st.Role != replication.Primary {
+		r.io.gate.RUnlock()
+		r.io.writeGate.RUnlock()
+		return nil, fmt.Errorf("%s: %w: not Primary", r.name, nbd.ErrNotPermitted)
+	}
+	ld := r.ldev.Load()
+	if ld == nil {
+		r.io.gate.RUnlock()
+		r.io.writeGate.RUnlock()
+		return nil, fmt.Errorf("%s: no local disk", r.name)
+	}
+	r.io.appPending.Add(1)
+	return ld, nil
+}
+
+// endAppWrite ends what beginAppWrite admitted.
+func (r *Resource) endAppWrite() {
+	r.io.appPending.Add(-1)
+	r.io.gate.RUnlock()
+	r.io.writeGate.RUnlock()
 }
 
 // writePartialSector updates part of one sector by read-modify-write; the
@@ -483,8 +503,7 @@ func putBuf(b []byte) {
 // block into memory and takes the ordinary one.
 func (b *backend) WriteFromPipe(head []byte, c *zerocopy.Chain, n int, off int64, fua bool) error {
 	r := b.r
-	ld := r.ldev.Load()
-	if spliceOff || fua || ld == nil || off%bdev.SectorSize != 0 || n%bdev.SectorSize != 0 || n > maxWriteChunk || pageCacheFile(ld.dev) == nil {
+	if fua || !b.TakesPipe(off, n) {
 		buf, err := readChain(head, c, n)
 		if err != nil {
 			return fmt.Errorf("%s: reading write data: %w", r.name, err)
@@ -492,21 +511,17 @@ func (b *backend) WriteFromPipe(head []byte, c *zerocopy.Chain, n int, off int64
 		defer putBuf(buf)
 		return r.write(writeData, buf, off, int64(n), fua)
 	}
-	r.io.writeGate.RLock()
-	defer r.io.writeGate.RUnlock()
-	r.io.gate.RLock()
-	defer r.io.gate.RUnlock()
-	if st := r.State(); st.Role != replication.Primary {
-		return fmt.Errorf("%s: %w: not Primary", r.name, nbd.ErrNotPermitted)
+	ld, err := r.beginAppWrite()
+	if err != nil {
+		return err
 	}
-	if ld = r.ldev.Load(); ld == nil || pageCacheFile(ld.dev) == nil {
-		return fmt.Errorf("%s: no local disk", r.name)
-	}
-	r.io.appPending.Add(1)
-	defer r.io.appPending.Add(-1)
+	defer r.endAppWrite()
 	length := int64(n)
 	lr := r.io.writes.acquire(off, length)
 	defer r.io.writes.release(lr)
+	if pageCacheFile(ld.dev) == nil {
+		return r.writeChainInMemory(ld, head, c, off, length)
+	}
 
 	// The peer's copy is a tee of the pipes, taken before the local write
 	// consumes them.
@@ -516,10 +531,9 @@ func (b *backend) WriteFromPipe(head []byte, c *zerocopy.Chain, n int, off int64
 		if s.splice.raw == nil {
 			return r.writeChainInMemory(ld, head, c, off, length)
 		}
-		var err error
-		tc, err = c.TeeTo(func() *zerocopy.Pipe { return s.splice.tx.take(s.ctx.Done()) })
+		tc, err = c.TeeTo(func() *zerocopy.Pipe { return s.splice.tx.Take(s.ctx.Done()) })
 		if err != nil {
-			tc.Release(s.splice.tx.put)
+			tc.Release(s.splice.tx.Put)
 			if s.ctx.Err() != nil {
 				tc = nil // the session ends: the block stays out of sync
 			} else {
@@ -529,7 +543,7 @@ func (b *backend) WriteFromPipe(head []byte, c *zerocopy.Chain, n int, off int64
 	}
 	if err := ld.beginWrite(off, length); err != nil {
 		if tc != nil {
-			tc.Release(s.splice.tx.put)
+			tc.Release(s.splice.tx.Put)
 		}
 		return r.ioError("activity log update", off, err)
 	}
@@ -539,9 +553,18 @@ func (b *backend) WriteFromPipe(head []byte, c *zerocopy.Chain, n int, off int64
 		q = s.submitWritePiped(head, tc, off, length)
 	}
 	r.io.local.Add(1)
-	err := writeHeadAndChain(ld.dev, head, c, off, length)
+	err = writeHeadAndChain(ld.dev, head, c, off, length)
 	r.io.local.Add(-1)
 	return r.writeDone(ld, s, q, off, length, err)
+}
+
+// TakesPipe reports whether a write of n bytes at off can be spliced: it
+// is whole sectors, fits one P_DATA packet, and the local disk goes
+// through the page cache. (A disk opened with O_DIRECT takes the data
+// from memory.)
+func (b *backend) TakesPipe(off int64, n int) bool {
+	ld := b.r.ldev.Load()
+	return !spliceOff && ld != nil && off%bdev.SectorSize == 0 && n%bdev.SectorSize == 0 && n <= maxWriteChunk && pageCacheFile(ld.dev) != nil
 }
 
 // readChain reads a block of n bytes, head and then the bytes in c, into

@@ -621,7 +621,7 @@ func (s *session) submitWrite(kind writeKind, p []byte, off, n int64, fua bool) 
 // submitWrite: the P_DATA packet carries head and then the bytes in tc,
 // spliced into the socket. tc's pipes go back to the pool.
 func (s *session) submitWritePiped(head []byte, tc *zerocopy.Chain, off, n int64) *peerReq {
-	defer tc.Release(s.splice.tx.put)
+	defer tc.Release(s.splice.tx.Put)
 	s.sendMu.Lock()
 	q, hdr, barrier := s.registerWriteLocked(off, n, false)
 	if q == nil {

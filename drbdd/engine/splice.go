@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"sync/atomic"
 	"syscall"
 
 	"drbdd/drbdd/bdev"
@@ -42,38 +41,11 @@ type spliceState struct {
 	// raw is the data socket's raw connection; nil when the socket cannot
 	// be spliced (an in-memory connection in tests) or splicing is off.
 	raw syscall.RawConn
-	// rx and tx hold idle pipes for received blocks and for resync
-	// replies; a pipe is taken for one block and put back when the block
-	// is written or sent. Teardown closes them.
-	rx, tx pipePool
+	// rx and tx hold the pipes for received blocks and for blocks sent;
+	// a pipe is taken for one block and put back when the block is
+	// written or sent. Teardown closes them.
+	rx, tx *zerocopy.Pool
 }
-
-// pipePool holds a fixed set of idle pipes.
-type pipePool struct {
-	idle chan *zerocopy.Pipe
-	// lost counts pipes that could not be replaced; once one is lost,
-	// takers no longer wait, since the pipes they wait for may be gone.
-	lost *atomic.Int32
-}
-
-// newPipePool creates n pipes; it returns a pool of none if the kernel
-// refuses them, so that nothing is spliced.
-func newPipePool(n int) pipePool {
-	pp := pipePool{idle: make(chan *zerocopy.Pipe, n), lost: new(atomic.Int32)}
-	for range n {
-		p, err := zerocopy.NewPipe(zerocopy.DefaultPipeSize)
-		if err != nil {
-			pp.close()
-			return pipePool{}
-		}
-		pp.idle <- p
-	}
-	return pp
-}
-
-// spliceOff turns splicing off (DRBDD_NO_SPLICE set): every block is
-// copied through memory, as a fallback if a kernel misbehaves.
-var spliceOff = os.Getenv("DRBDD_NO_SPLICE") != ""
 
 func newSpliceState(nc any) spliceState {
 	if spliceOff {
@@ -83,66 +55,27 @@ func newSpliceState(nc any) spliceState {
 	if !ok {
 		return spliceState{}
 	}
-	z := spliceState{raw: raw, rx: newPipePool(rxPipes), tx: newPipePool(txPipes)}
-	if z.rx.idle == nil || z.tx.idle == nil {
+	z := spliceState{raw: raw, rx: zerocopy.NewPool(rxPipes), tx: zerocopy.NewPool(txPipes)}
+	if z.rx == nil || z.tx == nil {
 		z.close()
 		return spliceState{}
 	}
 	return z
 }
 
-// close releases the idle pipes. The session's goroutines have stopped,
-// so every pipe is idle.
+// spliceOff turns splicing off (DRBDD_NO_SPLICE set): every block is
+// copied through memory, as a fallback if a kernel misbehaves.
+var spliceOff = os.Getenv("DRBDD_NO_SPLICE") != ""
+
+// close releases the pipes. The session's goroutines have stopped, so
+// every pipe is back.
 func (z *spliceState) close() {
-	z.rx.close()
-	z.tx.close()
-}
-
-func (pp pipePool) close() {
-	if pp.idle == nil {
-		return
+	if z.rx != nil {
+		z.rx.Close()
 	}
-	for {
-		select {
-		case p := <-pp.idle:
-			p.Close()
-		default:
-			return
-		}
+	if z.tx != nil {
+		z.tx.Close()
 	}
-}
-
-// take waits for an idle pipe; it returns nil when done is closed first,
-// or at once when none is idle after a pipe was lost.
-func (pp pipePool) take(done <-chan struct{}) *zerocopy.Pipe {
-	if pp.lost.Load() > 0 {
-		select {
-		case p := <-pp.idle:
-			return p
-		default:
-			return nil
-		}
-	}
-	select {
-	case p := <-pp.idle:
-		return p
-	case <-done:
-		return nil
-	}
-}
-
-// put returns a pipe to the pool. A pipe that may still hold bytes is
-// replaced by a new one, so that the pool keeps its size.
-func (pp pipePool) put(p *zerocopy.Pipe, empty bool) {
-	if !empty {
-		p.Close()
-		var err error
-		if p, err = zerocopy.NewPipe(zerocopy.DefaultPipeSize); err != nil {
-			pp.lost.Add(1)
-			return
-		}
-	}
-	pp.idle <- p
 }
 
 // rxBlock is the data block of a packet from the peer, consumed in
@@ -153,7 +86,7 @@ func (pp pipePool) put(p *zerocopy.Pipe, empty bool) {
 type rxBlock struct {
 	mem    []byte          // the whole block, or the part before the pipes'
 	chain  *zerocopy.Chain // the rest of the block, if held in pipes
-	pool   pipePool        // where the chain's pipes go back
+	pool   *zerocopy.Pool  // where the chain's pipes go back
 	n      int64           // the block's size
 	pos    int64           // bytes consumed so far
 	pooled bool            // mem came from getBuf
@@ -216,7 +149,7 @@ func (b *rxBlock) release() {
 		return
 	}
 	if b.chain != nil {
-		b.chain.Release(b.pool.put)
+		b.chain.Release(b.pool.Put)
 		b.chain = nil
 	}
 	if b.pooled {
@@ -263,7 +196,7 @@ func (s *session) readBlock(h protocol.Header) (d protocol.DataHeader, b *rxBloc
 		b.mem, b.pooled = getBuf(k), true
 		io.ReadFull(s.dataRd, b.mem)
 	}
-	err = b.chain.FillFromConn(z.raw, n-len(b.mem), func() *zerocopy.Pipe { return z.rx.take(s.ctx.Done()) })
+	err = b.chain.FillFromConn(z.raw, n-len(b.mem), func() *zerocopy.Pipe { return z.rx.Take(s.ctx.Done()) })
 	if err != nil {
 		b.release()
 		return d, nil, false, fmt.Errorf("receiving %s: %w", h.Cmd, err)

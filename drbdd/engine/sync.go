@@ -718,7 +718,7 @@ func (y *syncState) sendSpliced(ld *localDisk, rq protocol.BlockReq, lr *lockedR
 	if s.splice.raw == nil || f == nil || n < spliceMin {
 		return false
 	}
-	p := s.splice.tx.take(s.ctx.Done())
+	p := s.splice.tx.Take(s.ctx.Done())
 	if p == nil {
 		return false
 	}
@@ -726,7 +726,7 @@ func (y *syncState) sendSpliced(ld *localDisk, rq protocol.BlockReq, lr *lockedR
 	held, err := p.FillFromFile(f, off, n)
 	r.io.local.Add(-1)
 	if err != nil {
-		s.splice.tx.put(p, false)
+		s.splice.tx.Put(p, false)
 		return false
 	}
 	hdr := protocol.DataHeader{Sector: rq.Sector, BlockID: rq.BlockID}
@@ -740,7 +740,7 @@ func (y *syncState) sendSpliced(ld *localDisk, rq protocol.BlockReq, lr *lockedR
 		return nil
 	})
 	r.io.writes.release(lr)
-	s.splice.tx.put(p, err == nil)
+	s.splice.tx.Put(p, err == nil)
 	if err != nil {
 		s.cancel(fmt.Errorf("sending %s: %w", protocol.PRSDataReply, err))
 		return true
