@@ -41,6 +41,17 @@ type sockWriter struct {
 // flushAt bounds how much the writers buffer before one flushes anyway.
 const flushAt = 192 << 10
 
+// flushPackets bounds how many packets the writers buffer before one
+// flushes anyway, even while the socket is corked or a flusher yields.
+// Unbounded, a burst of requests moves as one convoy: the peer receives
+// nothing until the Primary has written the whole burst locally, and the
+// Primary hears no ack until the peer has written all of it, so each
+// side idles while the other works. Flushing every few packets lets the
+// two overlap; on two CPUs shared with the client, 4 KiB writes at queue
+// depth 32 left a fifth of the CPU time idle unbounded, and an eighth
+// with 8.
+const flushPackets = 8
+
 func newSockWriter(nc net.Conn, rd *bufio.Reader, version int, timeout time.Duration) (*sockWriter, *protocol.Conn) {
 	w := &sockWriter{out: &sockBuffer{nc: nc, timeout: timeout, pending: make([]byte, 0, 256<<10)}}
 	pc := protocol.NewConn(struct {
@@ -61,6 +72,7 @@ type sockBuffer struct {
 	nc      net.Conn
 	timeout time.Duration
 	pending []byte
+	packets int // packets in pending
 }
 
 // Write appends p to the pending bytes.
@@ -81,6 +93,7 @@ func (b *sockBuffer) WriteVectors(bufs [][]byte) error {
 	b.nc.SetWriteDeadline(time.Now().Add(b.timeout))
 	_, err := v.WriteTo(b.nc)
 	b.pending = b.pending[:0]
+	b.packets = 0
 	return err
 }
 
@@ -95,6 +108,7 @@ func (b *sockBuffer) flush() error {
 	b.nc.SetWriteDeadline(time.Now().Add(b.timeout))
 	_, err := b.nc.Write(b.pending)
 	b.pending = b.pending[:0]
+	b.packets = 0
 	return err
 }
 
@@ -138,10 +152,11 @@ func (w *sockWriter) queuePair(cmd1 protocol.Cmd, p1 []byte, cmd2 protocol.Cmd, 
 // afterAppendLocked decides who flushes what was just appended. Caller
 // holds mu.
 func (w *sockWriter) afterAppendLocked() (flush bool, err error) {
+	w.out.packets++
 	switch n := w.out.buffered(); {
 	case n == 0:
 		return false, nil // written already (a large packet)
-	case n >= flushAt:
+	case n >= flushAt || w.out.packets >= flushPackets:
 		return false, w.flushLocked()
 	}
 	if w.flushPending || w.corks.Load() > 0 {
@@ -180,6 +195,7 @@ func (w *sockWriter) sendSpliced(raw syscall.RawConn, cmd protocol.Cmd, head []b
 	b.nc.SetWriteDeadline(time.Now().Add(b.timeout))
 	err = zerocopy.SendMore(raw, b.pending)
 	b.pending = b.pending[:0]
+	b.packets = 0
 	if err != nil {
 		return err
 	}
@@ -200,7 +216,7 @@ func (w *sockWriter) flush() error {
 }
 
 // cork holds back flushes: packets sent while corked stay buffered until
-// uncork. The receiver corks the ack socket while it works through input
+// uncork, or until flushAt bytes or flushPackets packets are buffered. The receiver corks the ack socket while it works through input
 // already buffered, so a burst of writes is answered with one flush.
 func (w *sockWriter) cork() { w.corks.Add(1) }
 
