@@ -271,6 +271,42 @@ start_replicated() {
 }
 
 # ---- measurements --------------------------------------------------------
+# server_pids TARGET: the processes that serve TARGET.
+server_pids() {
+	case $1 in
+	nbdkit) echo "$NBDKIT_PID" ;;
+	single) echo "$PID_single" ;;
+	replicated) echo "$PID_alice $PID_bob" ;;
+	esac
+}
+
+# server_cpu TARGET FIO_PID: prints "SERVER IDLE": the CPUs (CPU-seconds
+# per second) that TARGET's server processes used, and that the whole
+# machine left idle, over the middle of the fio run (after its ramp, and
+# before its last second). Together with fio's own CPU this says what a
+# write costs in CPU time, and how much of the machine was left unused.
+server_cpu() {
+	local pids window t0 t1 a b
+	read -ra pids <<<"$(server_pids "$1")"
+	window=$((RUNTIME > 2 ? RUNTIME - 1 : 1))
+	sleep "$RAMP.2"
+	# utime+stime of each process, then idle+iowait of all CPUs, in ticks.
+	cpu_ticks() {
+		local p
+		for p in "${pids[@]}"; do awk '{printf "%d ", $14 + $15}' "/proc/$p/stat" 2>/dev/null || printf '0 '; done
+		awk '/^cpu / {print $5 + $6}' /proc/stat
+	}
+	a=$(cpu_ticks) t0=$(date +%s%N)
+	sleep "$window"
+	b=$(cpu_ticks) t1=$(date +%s%N)
+	kill -0 "$2" 2>/dev/null || { echo "0 0"; return; }
+	awk -v a="$a" -v b="$b" -v dt="$(((t1 - t0) / 1000))" -v hz="$(getconf CLK_TCK)" 'BEGIN {
+		n = split(a, x, " "); split(b, y, " ")
+		for (i = 1; i < n; i++) s += y[i] - x[i]
+		printf "%.3f %.3f\n", s / hz / (dt / 1e6), (y[n] - x[n]) / hz / (dt / 1e6)
+	}'
+}
+
 # run_fio TARGET JOB URI ROUND: one fio job; appends "target job iops
 # lat_us clat_us MB/s".
 run_fio() {
@@ -281,13 +317,16 @@ run_fio() {
 	seq) args=(--rw=write --bs=1m --iodepth=8) ;;
 	esac
 	sync
-	if ! fio --name="$target-$job" --ioengine=nbd --uri="$uri" "${args[@]}" \
+	fio --name="$target-$job" --ioengine=nbd --uri="$uri" "${args[@]}" \
 		--size="${FIO_SIZE_MIB}m" --time_based --runtime="$RUNTIME" --ramp_time="$RAMP" \
-		--output-format=json --output="$out" >"$WORK/fio-$target-$job.log" 2>&1; then
+		--output-format=json --output="$out" >"$WORK/fio-$target-$job.log" 2>&1 &
+	local fio_pid=$! cpu
+	cpu=$(server_cpu "$target" "$fio_pid")
+	if ! wait "$fio_pid"; then
 		cat "$WORK/fio-$target-$job.log" >&2
 		die "fio $target $job failed"
 	fi
-	"$PY" - "$out" "$target" "$job" >>"$RESULTS" <<'EOF' || die "fio $2 $3: bad output"
+	"$PY" - "$out" "$target" "$job" $cpu >>"$RESULTS" <<'EOF' || die "fio $2 $3: bad output"
 import json, sys
 d = json.load(open(sys.argv[1]))
 j = d["jobs"][0]
@@ -296,10 +335,15 @@ if j.get("error"):
 w = j["write"]
 if w["total_ios"] == 0:
     sys.exit("fio did no I/O")
-print("%s\t%s\t%.0f\t%.1f\t%.1f\t%.1f" % (sys.argv[2], sys.argv[3], w["iops"],
-      w["lat_ns"]["mean"] / 1000, w["clat_ns"]["mean"] / 1000, w["bw_bytes"] / 1e6))
+# fio's own CPU: usr_cpu and sys_cpu are percentages of one CPU over
+# the job's runtime.
+fio_cpus = (j["usr_cpu"] + j["sys_cpu"]) / 100
+server, idle = (float(x) for x in sys.argv[4:6])
+print("%s\t%s\t%.0f\t%.1f\t%.1f\t%.1f\t%.3f\t%.3f\t%.3f" % (sys.argv[2], sys.argv[3], w["iops"],
+      w["lat_ns"]["mean"] / 1000, w["clat_ns"]["mean"] / 1000, w["bw_bytes"] / 1e6,
+      fio_cpus, server, idle))
 EOF
-	printf '  %-10s %-4s %s\n' "$target" "$job" "$(tail -1 "$RESULTS" | cut -f3- | awk -F'\t' '{printf "%s IOPS, lat %s us (clat %s), %s MB/s", $1, $2, $3, $4}')"
+	printf '  %-10s %-4s %s\n' "$target" "$job" "$(tail -1 "$RESULTS" | cut -f3- | awk -F'\t' '{printf "%s IOPS, lat %s us (clat %s), %s MB/s; CPUs: fio %.2f, server %.2f, idle %.2f", $1, $2, $3, $4, $5, $6, $7}')"
 }
 
 # measure_rtt: mean loopback round trip 127.0.0.1 -> 127.0.0.2 in us, by
@@ -477,14 +521,20 @@ PYEOF
 
 report() {
 	"$PY" - "$RESULTS" "${RTT_PING_US:-}" "${RTT_TCP_US:-}" <<'EOF'
+import os
 import sys
 import statistics
 runs = {}
 for line in open(sys.argv[1]):
-    t, job, iops, lat, clat, mbs = line.rstrip("\n").split("\t")
-    runs.setdefault((t, job), []).append((float(iops), float(lat), float(mbs), float(clat)))
+    t, job, iops, lat, clat, mbs, fio_cpus, server_cpus, idle_cpus = line.rstrip("\n").split("\t")
+    iops, mbs = float(iops), float(mbs)
+    # CPU time per write: microseconds per 4 KiB write, milliseconds per
+    # MiB of 1 MiB writes.
+    per = 1e6 / iops if job != "seq" else 1e3 / (mbs / 1.048576)
+    runs.setdefault((t, job), []).append((iops, float(lat), mbs, float(clat),
+        float(fio_cpus) * per, float(server_cpus) * per, float(idle_cpus) * per))
 # Each figure is the median of the rounds, field by field.
-res = {k: tuple(statistics.median(r[i] for r in v) for i in range(4)) for k, v in runs.items()}
+res = {k: tuple(statistics.median(r[i] for r in v) for i in range(7)) for k, v in runs.items()}
 rounds = max(len(v) for v in runs.values())
 if rounds > 1:
     print("\nmedians of %d rounds (each round runs every target in turn)" % rounds)
@@ -496,6 +546,23 @@ print("%-11s %10s %11s %12s %11s %13s" % ("target", "QD1 IOPS", "QD1 lat us", "Q
 for t in targets:
     print("%-11s %10.0f %11.1f %12.1f %11.0f %13.1f" % (t, res[(t, "qd1")][0], res[(t, "qd1")][1],
           res[(t, "qd1")][3], res[(t, "qd32")][0], res[(t, "seq")][2]))
+print()
+print("CPU time per write (medians; the %d CPUs are shared by fio and the servers; idle: CPU time left unused)" % os.cpu_count())
+print("%-11s %26s %26s" % ("", "QD32: us per 4 KiB write", "seq: ms per MiB"))
+print("%-11s %8s %8s %8s %8s %8s %8s" % ("target", "fio", "server", "idle", "fio", "server", "idle"))
+for t in targets:
+    q, sq = res[(t, "qd32")], res[(t, "seq")]
+    print("%-11s %8.1f %8.1f %8.1f %8.3f %8.3f %8.3f" % (t, q[4], q[5], q[6], sq[4], sq[5], sq[6]))
+if "replicated" in targets:
+    # What the ratio would be if both setups kept the CPUs equally busy:
+    # the CPU time per write of single (fio + server) over that of
+    # replicated (fio + alice + bob). When it is below a target, the
+    # target needs cheaper writes, not better overlap.
+    for job, name in (("qd32", "QD32"), ("seq", "seq")):
+        s, r = res[("single", job)], res[("replicated", job)]
+        if r[4] + r[5] > 0:
+            print("replicated/single %-4s at equal CPU use: (fio + single) / (fio + alice + bob) = %.2f"
+                  % (name, (s[4] + s[5]) / (r[4] + r[5])))
 print()
 def ratio(name, num, den, target):
     r = num / den if den else 0.0
