@@ -30,7 +30,8 @@
 # The resync section (bench_resync) dirties N MiB while bob is
 # disconnected, reconnects, and compares the resync (speed, bytes on the
 # wire) with dd copying the same bytes between the same kind of files;
-# each runs once a round, and the medians count.
+# each runs once a round, in at least three rounds (also with --quick),
+# and the medians count.
 #
 # The memory section (bench_memory) runs two more drbdd on a 1 TiB device
 # (sparse files) through a connect, a bitmap exchange and a resync, and
@@ -377,9 +378,10 @@ EOF
 # counter NODE NAME: one /proc/drbd counter (KiB for ns/oos) of minor 0.
 counter() { grep -o "\b$2:[0-9]*" "$WORK/$1/status" | head -1 | cut -d: -f2; }
 
-# bench_resync: ROUNDS times, disconnect bob, dirty RESYNC_MIB MiB through
-# alice's export, reconnect and time the resync, counting what alice sent
-# on the wire (ns:) against what was dirtied (oos:); and, interleaved,
+# bench_resync: ROUNDS times (at least 3), disconnect bob, dirty
+# RESYNC_MIB MiB through alice's export, reconnect and time the resync,
+# counting what alice sent on the wire (ns:) against what was dirtied
+# (oos:); and, interleaved,
 # time dd copying the same bytes between the same kind of files, with and
 # without fdatasync. Medians count. Targets: sent <= 1.05x dirtied,
 # speed >= 0.8x dd.
@@ -399,7 +401,10 @@ bench_resync() {
 	FILE_MIB=$mib mkdisk "$WORK/bob/copy.img"
 	local round oos ns0 ns1 t0 t1 d0 d1 conv
 	local resyncs=() durable=() cached=()
-	for ((round = 1; round <= ROUNDS; round++)); do
+	# At least three rounds, even in a quick run: a single resync or dd
+	# swings by a third from run to run, and a round takes seconds.
+	local rounds=$((ROUNDS > 3 ? ROUNDS : 3))
+	for ((round = 1; round <= rounds; round++)); do
 		must_adm bob disconnect r0
 		fio --name=dirty --ioengine=nbd --uri="$REPL_URI" --rw=write --bs=1M --iodepth=8 \
 			--offset=0 --size="${mib}M" --output="$WORK/fio-dirty.out" >/dev/null 2>&1 ||
