@@ -309,7 +309,8 @@ server_cpu() {
 }
 
 # run_fio TARGET JOB URI ROUND: one fio job; appends "target job iops
-# lat_us clat_us MB/s".
+# lat_us clat_us MB/s fio_cpus server_cpus idle_cpus" (CPUs: CPU-seconds
+# per second, see server_cpu).
 run_fio() {
 	local target=$1 job=$2 uri=$3 args out=$WORK/fio-$1-$2-$4.json
 	case "$job" in
@@ -381,10 +382,9 @@ counter() { grep -o "\b$2:[0-9]*" "$WORK/$1/status" | head -1 | cut -d: -f2; }
 # bench_resync: ROUNDS times (at least 3), disconnect bob, dirty
 # RESYNC_MIB MiB through alice's export, reconnect and time the resync,
 # counting what alice sent on the wire (ns:) against what was dirtied
-# (oos:); and, interleaved,
-# time dd copying the same bytes between the same kind of files, with and
-# without fdatasync. Medians count. Targets: sent <= 1.05x dirtied,
-# speed >= 0.8x dd.
+# (oos:); and, interleaved, time dd copying the same bytes between the
+# same kind of files, with and without fdatasync. Medians count.
+# Targets: sent <= 1.05x dirtied, speed >= 0.8x dd.
 bench_resync() {
 	if [[ " ${TARGETS[*]} " != *" replicated "* ]]; then
 		echo "resync benchmark: skipped (replication not available)"
