@@ -21,6 +21,11 @@
 # host's page cache and writeback make single runs swing by a third) from
 # deciding a ratio.
 #
+# Each run also records the CPU time that fio, the target's servers and
+# the idle CPUs account for (sampled from /proc over the middle of the
+# run); the report prints it per write, and the replicated/single ratio
+# that equal CPU use would give.
+#
 # Ratios printed (targets): drbdd/nbdkit at QD32 and seq (>= 0.9),
 # replicated/single seq (>= 0.8) and QD32 (>= 0.7), and QD1 latency
 # replicated - single <= loopback RTT + 100 us (RTT measured in this run).
