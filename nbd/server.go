@@ -1,8 +1,6 @@
 package nbd
 
 import (
-	"drbdd/zerocopy"
-
 	"bufio"
 	"context"
 	"errors"
@@ -14,6 +12,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"drbdd/zerocopy"
 )
 
 // Defaults for Server fields left zero.

@@ -1,9 +1,6 @@
 package nbd
 
 import (
-	"drbdd/zerocopy"
-	"syscall"
-
 	"bufio"
 	"context"
 	"errors"
@@ -13,6 +10,9 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
+
+	"drbdd/zerocopy"
 )
 
 // Defaults for the per-connection bounds.

@@ -1,8 +1,6 @@
 package engine
 
 import (
-	"drbdd/zerocopy"
-
 	"errors"
 	"fmt"
 	"sync"
@@ -12,6 +10,7 @@ import (
 	"drbdd/drbdd/replication"
 	"drbdd/nbd"
 	"drbdd/protocol"
+	"drbdd/zerocopy"
 )
 
 // Counters are the /proc/drbd counters. Byte counters are in bytes here and
