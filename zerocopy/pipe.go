@@ -87,8 +87,8 @@ var ErrShortSource = errors.New("zerocopy: source ended early")
 var ErrPipeFull = errors.New("zerocopy: pipe full")
 
 // FillFromConn splices exactly n bytes from the socket behind src into
-// the pipe, after what it holds, waiting under the socket's read deadline for them to
-// arrive. It returns how many bytes the pipe holds; with ErrPipeFull,
+// the pipe, after what it holds, waiting for them under the socket's read
+// deadline. It returns how many bytes the pipe holds; with ErrPipeFull,
 // fewer than n, and the rest is still in the socket.
 func (p *Pipe) FillFromConn(src syscall.RawConn, n int) (int, error) {
 	held := 0
@@ -137,9 +137,6 @@ func (p *Pipe) DrainToFile(f *os.File, off int64, n int) error {
 	return err
 }
 
-// Discard drops the first n bytes in the pipe.
-func (p *Pipe) Discard(n int) error { return p.discard(n) }
-
 // ReadFull reads the first len(b) bytes in the pipe into b.
 func (p *Pipe) ReadFull(b []byte) error {
 	for len(b) > 0 {
@@ -174,7 +171,7 @@ func (p *Pipe) FileToConn(f *os.File, off int64, n int, dst syscall.RawConn, mor
 		}
 		off += int64(got)
 		n -= got
-		if err := p.drainToConn(dst, got, more || n > 0); err != nil {
+		if err := p.ToConn(dst, got, more || n > 0); err != nil {
 			return err
 		}
 	}
@@ -242,9 +239,10 @@ func (p *Pipe) drainToFile(dst syscall.RawConn, off int64, n int) (int, error) {
 	return moved, nil
 }
 
-// drainToConn moves the n bytes in the pipe to the socket, waiting for
-// room in its send buffer.
-func (p *Pipe) drainToConn(dst syscall.RawConn, n int, more bool) error {
+// ToConn moves the first n bytes in the pipe to the socket behind dst,
+// waiting for room under the socket's write deadline; more says another
+// packet, or more of this one, follows at once.
+func (p *Pipe) ToConn(dst syscall.RawConn, n int, more bool) error {
 	flags := unix.SPLICE_F_MOVE | unix.SPLICE_F_NONBLOCK
 	if more {
 		flags |= unix.SPLICE_F_MORE
@@ -280,8 +278,8 @@ func (p *Pipe) drainToConn(dst syscall.RawConn, n int, more bool) error {
 	return nil
 }
 
-// discard reads and drops the n bytes in the pipe.
-func (p *Pipe) discard(n int) error {
+// Discard drops the first n bytes in the pipe.
+func (p *Pipe) Discard(n int) error {
 	scratch := make([]byte, min(n, 64<<10))
 	for n > 0 {
 		k := min(n, len(scratch))
@@ -330,13 +328,6 @@ func (p *Pipe) FillFromFile(f *os.File, off int64, n int) (int, error) {
 		}
 	}
 	return held, nil
-}
-
-// ToConn moves the n bytes in the pipe to the socket behind dst, waiting
-// for room under the socket's write deadline; more says another packet,
-// or more of this one, follows at once.
-func (p *Pipe) ToConn(dst syscall.RawConn, n int, more bool) error {
-	return p.drainToConn(dst, n, more)
 }
 
 // SendMore writes b to the socket behind dst with MSG_MORE: the kernel
