@@ -589,17 +589,26 @@ func (r *Resource) writeChainInMemory(ld *localDisk, head []byte, c *zerocopy.Ch
 	return r.writeLocked(ld, writeData, buf, off, length, false)
 }
 
-// writeHeadAndChain writes head at off and the rest of the block from c
-// into the page cache behind dev.
+// writeHeadAndChain writes a block of length bytes at off into the page
+// cache behind dev: head from memory, then the rest from c, consuming it.
+// After an error the rest is dropped from c all the same, so that c stays
+// in step with the blocks it holds.
 func writeHeadAndChain(dev bdev.Device, head []byte, c *zerocopy.Chain, off, length int64) error {
+	var err error
 	if len(head) > 0 {
-		if _, err := dev.WriteAt(head, off); err != nil {
-			return err
-		}
+		_, err = dev.WriteAt(head, off)
+	}
+	rest := int(length) - len(head)
+	if rest == 0 {
+		return err
 	}
 	f := pageCacheFile(dev)
-	if f == nil {
-		return fmt.Errorf("disk cannot be spliced into")
+	if err == nil && f == nil {
+		err = fmt.Errorf("disk cannot be spliced into")
 	}
-	return c.DrainToFile(f, off+int64(len(head)), int(length)-len(head))
+	if err != nil {
+		c.Discard(rest)
+		return err
+	}
+	return c.DrainToFile(f, off+int64(len(head)), rest)
 }

@@ -629,11 +629,8 @@ func (s *session) recvWrite(kind writeKind, h protocol.DataHeader, blk *rxBlock,
 		// copied into the page cache.
 		inline = false
 	}
-	if kind == writeData && !inline && !blk.held() {
-		// The receive buffer is reused for the next packet.
-		buf := getBuf(len(blk.mem))
-		copy(buf, blk.mem)
-		blk = &rxBlock{mem: buf, n: n, pooled: true}
+	if !inline {
+		blk = blk.ownCopy()
 	}
 	ep := s.recvEpochWrite()
 	lr := r.io.writes.acquire(off, n)

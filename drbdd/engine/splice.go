@@ -94,6 +94,19 @@ type rxBlock struct {
 
 func memBlock(p []byte) *rxBlock { return &rxBlock{mem: p, n: int64(len(p))} }
 
+// ownCopy returns the block with its bytes in memory of its own: a block
+// read into the receive buffer is copied out of it, since the buffer is
+// reused for the next packet. A block held in pipes, and nil, are
+// returned as they are.
+func (b *rxBlock) ownCopy() *rxBlock {
+	if b == nil || b.held() || b.pooled {
+		return b
+	}
+	buf := getBuf(len(b.mem))
+	copy(buf, b.mem)
+	return &rxBlock{mem: buf, n: b.n, pooled: true}
+}
+
 // held reports whether part of the block is in pipes.
 func (b *rxBlock) held() bool { return b != nil && b.chain != nil }
 
@@ -104,25 +117,12 @@ func (b *rxBlock) write(dev bdev.Device, off, length int64, fua bool) error {
 		b.pos += length
 		return localWrite(dev, writeData, p, off, length, fua)
 	}
-	var err error
+	var head []byte
 	if k := min(int64(len(b.mem))-b.pos, length); k > 0 {
-		_, err = dev.WriteAt(b.mem[b.pos:b.pos+k], off)
-		b.pos += k
-		off += k
-		length -= k
+		head = b.mem[b.pos : b.pos+k]
 	}
-	if length > 0 {
-		f := pageCacheFile(dev)
-		if err != nil || f == nil {
-			b.chain.Discard(int(length))
-			if err == nil {
-				err = fmt.Errorf("disk cannot be spliced into")
-			}
-		} else {
-			err = b.chain.DrainToFile(f, off, int(length))
-		}
-		b.pos += length
-	}
+	b.pos += length
+	err := writeHeadAndChain(dev, head, b.chain, off, length)
 	if err == nil && fua {
 		err = dev.Sync()
 	}

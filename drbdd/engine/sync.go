@@ -432,11 +432,8 @@ func (y *syncState) gotData(d protocol.DataHeader, blk *rxBlock) error {
 	// goroutine, while the receiver goes on.
 	inline := !ld.direct() && !blk.held()
 	defer func() { blk.release() }() // until apply owns it
-	if !inline && !blk.held() {
-		// The receive buffer is reused for the next packet.
-		buf := getBuf(int(n))
-		copy(buf, blk.mem)
-		blk = &rxBlock{mem: buf, n: n, pooled: true}
+	if !inline {
+		blk = blk.ownCopy()
 	}
 	lr := r.io.writes.acquire(off, n)
 	if err := s.peerBuffers.acquire(s.ctx, n); err != nil {
