@@ -44,8 +44,6 @@ type ioState struct {
 	writes rangeLock
 }
 
-func (s *ioState) init() { s.writes.init() }
-
 func (s *ioState) snapshot() Counters {
 	return Counters{
 		NetSend: s.netSend.Load(), NetRecv: s.netRecv.Load(),
@@ -65,7 +63,7 @@ func (s *ioState) drain() {
 
 // rangeLock lets at most one writer own any byte range at a time. The
 // owned ranges are few (the requests in flight), so a slice scanned in
-// full beats any index.
+// full beats any index. The zero value is ready for use.
 type rangeLock struct {
 	// mu guards active and the done channel of every range in it.
 	mu     sync.Mutex
@@ -80,8 +78,6 @@ type lockedRange struct {
 	// closed when it is released.
 	done chan struct{}
 }
-
-func (l *rangeLock) init() { l.active = nil }
 
 // acquire blocks until [off, off+n) overlaps no active range, then owns it.
 func (l *rangeLock) acquire(off, n int64) *lockedRange {

@@ -9,7 +9,6 @@ import (
 // disjoint ones do not, whatever the order of releases.
 func TestRangeLock(t *testing.T) {
 	var l rangeLock
-	l.init()
 	a := l.acquire(0, 4096)
 	b := l.acquire(4096, 4096) // adjacent: no overlap
 	c := l.acquire(1<<20, 8192)

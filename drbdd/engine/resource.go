@@ -87,7 +87,6 @@ func newResource(d *Daemon, name string) *Resource {
 	st := replication.Initial()
 	r.state.Store(&st)
 	r.minor.Store(-1)
-	r.io.init()
 	go r.run()
 	return r
 }

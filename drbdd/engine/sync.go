@@ -607,52 +607,50 @@ func (y *syncState) serveRead(cmd protocol.Cmd, ld *localDisk, rq protocol.Block
 	s := y.s
 	r := s.r
 	off, n := int64(rq.Sector)*512, int64(rq.BlkSize)
-	{
-		buf := getBuf(int(n))
-		r.io.local.Add(1)
-		_, err := ld.dev.ReadAt(buf, off)
-		r.io.local.Add(-1)
-		ack := protocol.BlockAck{Sector: rq.Sector, BlockID: rq.BlockID, BlkSize: rq.BlkSize}
-		if err != nil {
+	buf := getBuf(int(n))
+	r.io.local.Add(1)
+	_, err := ld.dev.ReadAt(buf, off)
+	r.io.local.Add(-1)
+	ack := protocol.BlockAck{Sector: rq.Sector, BlockID: rq.BlockID, BlkSize: rq.BlkSize}
+	if err != nil {
+		r.io.writes.release(lr)
+		putBuf(buf)
+		r.localIOError("resync read", off, err)
+		s.sendMeta(protocol.PNegRSDReply, &ack)
+		return
+	}
+	r.io.diskRead.Add(uint64(n))
+	switch cmd {
+	case protocol.PCsumRSRequest:
+		if d, derr := digest(s.c.conf.CsumsAlg, buf); derr == nil && bytes.Equal(d, rq.Digest) {
 			r.io.writes.release(lr)
 			putBuf(buf)
-			r.localIOError("resync read", off, err)
-			s.sendMeta(protocol.PNegRSDReply, &ack)
+			s.sendMeta(protocol.PRSIsInSync, &ack)
+			if ld := r.ldev.Load(); ld != nil {
+				ld.clearRange(off, n)
+			}
 			return
 		}
-		r.io.diskRead.Add(uint64(n))
-		switch cmd {
-		case protocol.PCsumRSRequest:
-			if d, derr := digest(s.c.conf.CsumsAlg, buf); derr == nil && bytes.Equal(d, rq.Digest) {
-				r.io.writes.release(lr)
-				putBuf(buf)
-				s.sendMeta(protocol.PRSIsInSync, &ack)
-				if ld := r.ldev.Load(); ld != nil {
-					ld.clearRange(off, n)
-				}
-				return
-			}
-			fallthrough
-		case protocol.PRSDataRequest:
-			hdr := protocol.DataHeader{Sector: rq.Sector, BlockID: rq.BlockID}
-			err := s.dataW.send(protocol.PRSDataReply, hdr.MarshalAppend(nil), buf)
-			r.io.writes.release(lr)
-			putBuf(buf)
-			if err != nil {
-				s.cancel(fmt.Errorf("sending %s: %w", protocol.PRSDataReply, err))
-				return
-			}
-			r.io.netSend.Add(uint64(n))
-		case protocol.POVRequest:
-			r.io.writes.release(lr)
-			d, derr := digest(s.c.conf.VerifyAlg, buf)
-			putBuf(buf)
-			if derr != nil {
-				s.cancel(fmt.Errorf("verify: %w", derr))
-				return
-			}
-			s.queuePayload(protocol.POVReply, &protocol.BlockReq{Sector: rq.Sector, BlockID: rq.BlockID, BlkSize: rq.BlkSize, Digest: d})
+		fallthrough
+	case protocol.PRSDataRequest:
+		hdr := protocol.DataHeader{Sector: rq.Sector, BlockID: rq.BlockID}
+		err := s.dataW.send(protocol.PRSDataReply, hdr.MarshalAppend(nil), buf)
+		r.io.writes.release(lr)
+		putBuf(buf)
+		if err != nil {
+			s.cancel(fmt.Errorf("sending %s: %w", protocol.PRSDataReply, err))
+			return
 		}
+		r.io.netSend.Add(uint64(n))
+	case protocol.POVRequest:
+		r.io.writes.release(lr)
+		d, derr := digest(s.c.conf.VerifyAlg, buf)
+		putBuf(buf)
+		if derr != nil {
+			s.cancel(fmt.Errorf("verify: %w", derr))
+			return
+		}
+		s.queuePayload(protocol.POVReply, &protocol.BlockReq{Sector: rq.Sector, BlockID: rq.BlockID, BlkSize: rq.BlkSize, Digest: d})
 	}
 }
 
