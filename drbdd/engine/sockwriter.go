@@ -152,11 +152,12 @@ func (w *sockWriter) queuePair(cmd1 protocol.Cmd, p1 []byte, cmd2 protocol.Cmd, 
 // afterAppendLocked decides who flushes what was just appended. Caller
 // holds mu.
 func (w *sockWriter) afterAppendLocked() (flush bool, err error) {
-	w.out.packets++
-	switch n := w.out.buffered(); {
-	case n == 0:
+	n := w.out.buffered()
+	if n == 0 {
 		return false, nil // written already (a large packet)
-	case n >= flushAt || w.out.packets >= flushPackets:
+	}
+	w.out.packets++
+	if n >= flushAt || w.out.packets >= flushPackets {
 		return false, w.flushLocked()
 	}
 	if w.flushPending || w.corks.Load() > 0 {
