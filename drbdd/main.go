@@ -61,6 +61,7 @@ const gcPercent = 25
 func defaultProcs() int { return max(1, runtime.NumCPU()/2) }
 
 func run(controlPath, statusPath string) error {
+	keepSysmonAwake()
 	debug.SetGCPercent(gcPercent)
 	if os.Getenv("GOMAXPROCS") == "" {
 		runtime.GOMAXPROCS(defaultProcs())

@@ -318,3 +318,40 @@ func TestCrashKeepsMetadata(t *testing.T) {
 		t.Fatalf("attach after kill -9 did not apply the activity log:\n%s", log)
 	}
 }
+
+// TestDaemonKeepsSysmonAwake checks that the daemon re-executes itself,
+// under the same process ID, with the GODEBUG setting that keeps the Go
+// runtime's sysmon out of deep sleep, and that a schedtrace the user gave
+// is left alone.
+func TestDaemonKeepsSysmonAwake(t *testing.T) {
+	godebugOf := func(n *Node) string {
+		t.Helper()
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", n.Pid()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, kv := range strings.Split(string(b), "\x00") {
+			if v, ok := strings.CutPrefix(kv, "GODEBUG="); ok {
+				return v
+			}
+		}
+		return ""
+	}
+	for _, c := range []struct{ given, want string }{
+		{"", "schedtrace=2147483647"},
+		{"madvdontneed=1", "madvdontneed=1,schedtrace=2147483647"},
+		{"schedtrace=0", "schedtrace=0"},
+	} {
+		t.Setenv("GODEBUG", c.given)
+		n := NewNode(t, "alice")
+		n.Start()
+		// The control socket is up, so any re-execution has happened.
+		if got := godebugOf(n); got != c.want {
+			t.Errorf("GODEBUG %q given: daemon runs with %q, want %q", c.given, got, c.want)
+		}
+		if _, err := n.Adm("status"); err != nil {
+			t.Errorf("GODEBUG %q given: drbdadm status: %v", c.given, err)
+		}
+		n.Stop()
+	}
+}

@@ -154,6 +154,16 @@ func (n *Node) Start() {
 	n.t.Fatalf("drbdd %s: control socket %s did not appear", n.Name, n.Control)
 }
 
+// Pid is the daemon's process ID (0 before Start).
+func (n *Node) Pid() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.cmd == nil || n.cmd.Process == nil {
+		return 0
+	}
+	return n.cmd.Process.Pid
+}
+
 // signal sends sig to the daemon's process group and waits for it to exit
 // (up to timeout). It reports whether the daemon exited.
 func (n *Node) signal(sig syscall.Signal, timeout time.Duration) bool {
