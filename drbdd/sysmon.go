@@ -16,7 +16,7 @@ import (
 // wake, a nanosleep or two and a futex sleep on top of its real work. On
 // the 2-CPU test host that was 3.5 of the Primary's 5.5 context switches
 // per 4 KiB write at queue depth 1 and 2 of the Secondary's 3 (counted
-// from /proc/PID/task/*/status), and 30 µs of the write's latency.
+// from /proc/PID/task/*/status), and 30 to 60 µs of the write's latency.
 //
 // The runtime has no switch for this; a scheduler trace interval does it,
 // because sysmon stays awake to print the trace on time. The interval is
