@@ -2,6 +2,7 @@ package bdev
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"sync"
 	"unsafe"
@@ -48,6 +49,7 @@ type FileDevice struct {
 	isBlock  bool
 	buffered *os.File
 	direct   *os.File // nil when O_DIRECT is not in use
+	aio      *asyncIO // direct's AIO context; nil when it has none
 
 	// bounce holds 4 KiB-aligned scratch buffers for direct I/O whose
 	// caller buffer is not aligned in memory.
@@ -85,6 +87,9 @@ func OpenFile(path string, mode DirectIO) (*FileDevice, error) {
 		df, err := os.OpenFile(path, os.O_RDWR|unix.O_DIRECT, 0)
 		if err == nil {
 			d.direct = df
+			if a, err := newAsyncIO(int(df.Fd())); err == nil {
+				d.aio = a
+			}
 		} else if mode == DirectOn {
 			f.Close()
 			return nil, fmt.Errorf("open %s with O_DIRECT: %w", path, err)
@@ -129,11 +134,11 @@ func (d *FileDevice) ReadAt(p []byte, off int64) (int, error) {
 	}
 	if d.direct != nil && aligned(p, off) {
 		if addrAligned(p) {
-			return d.direct.ReadAt(p, off)
+			return d.directIO(iocbCmdPread, p, off)
 		}
 		b, put := d.alignedBuf(len(p))
 		defer put()
-		n, err := d.direct.ReadAt(b, off)
+		n, err := d.directIO(iocbCmdPread, b, off)
 		copy(p, b[:n])
 		return n, err
 	}
@@ -147,14 +152,47 @@ func (d *FileDevice) WriteAt(p []byte, off int64) (int, error) {
 	}
 	if d.direct != nil && aligned(p, off) {
 		if addrAligned(p) {
-			return d.direct.WriteAt(p, off)
+			return d.directIO(iocbCmdPwrite, p, off)
 		}
 		b, put := d.alignedBuf(len(p))
 		defer put()
 		copy(b, p)
-		return d.direct.WriteAt(b, off)
+		return d.directIO(iocbCmdPwrite, b, off)
 	}
 	return d.buffered.WriteAt(p, off)
+}
+
+// directIO reads or writes (op) an aligned buffer on the direct
+// descriptor: through AIO when the device has a context, else, or when
+// AIO refuses the request, with a blocking call. A short AIO transfer is
+// finished with a blocking call.
+func (d *FileDevice) directIO(op uint16, p []byte, off int64) (int, error) {
+	n := 0
+	if d.aio != nil {
+		var err error
+		n, err = d.aio.do(op, p, off)
+		if err != nil && err != errAIOUnavailable {
+			name := "write"
+			if op == iocbCmdPread {
+				name = "read"
+			}
+			return n, &os.PathError{Op: name, Path: d.path, Err: err}
+		}
+		if err == nil && n == len(p) {
+			return n, nil
+		}
+		if err == nil && op == iocbCmdPread && n == 0 {
+			return 0, io.EOF
+		}
+	}
+	var m int
+	var err error
+	if op == iocbCmdPwrite {
+		m, err = d.direct.WriteAt(p[n:], off+int64(n))
+	} else {
+		m, err = d.direct.ReadAt(p[n:], off+int64(n))
+	}
+	return n + m, err
 }
 
 // Sync flushes completed writes to stable storage with fdatasync. For a
@@ -242,6 +280,9 @@ func (d *FileDevice) writeZeroBuffers(off, length int64) error {
 
 // Close closes both descriptors.
 func (d *FileDevice) Close() error {
+	if d.aio != nil {
+		d.aio.close()
+	}
 	err := d.buffered.Close()
 	if d.direct != nil {
 		if e := d.direct.Close(); err == nil {

@@ -1,0 +1,215 @@
+//go:build amd64 || arm64 || riscv64 || loong64 || ppc64le
+
+package bdev
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// asyncIO reads and writes a descriptor opened with O_DIRECT through
+// Linux native AIO (io_submit), so that an I/O in flight holds no thread.
+//
+// Why: a blocking pwrite to a disk parks its thread in the kernel, and Go
+// then hands the goroutine's P to another thread. With 32 writes in
+// flight that is 32 threads and a thread switch at each submission and
+// completion. In the lab's one-CPU VMs under software emulation, fio on
+// the raw disk reached 3.4-3.9k 4 KiB writes/s from 32 threads doing
+// pwrite, and 10-10.6k from one thread with libaio at queue depth 32.
+//
+// The caller's goroutine submits its own request and sleeps on a channel;
+// completions signal an eventfd, which one reaper goroutine waits on in
+// Go's network poller and then collects with io_getevents.
+type asyncIO struct {
+	ctx uintptr  // the kernel's aio_context_t
+	fd  int      // the O_DIRECT descriptor I/O goes to
+	ev  *os.File // the eventfd completions signal; read by the reaper
+
+	// free holds the indexes of the slots not in flight: it bounds the
+	// requests in flight to the context's size.
+	free  chan int
+	slots []aioSlot
+
+	// mu guards closed; inflight counts the requests admitted before it
+	// was set, so that close waits for them.
+	mu       sync.Mutex
+	closed   bool
+	inflight sync.WaitGroup
+
+	reaped chan struct{} // closed when the reaper returns
+}
+
+// aioSlot is one request's control block and the channel its result
+// comes back on. The slot index is the control block's aio_data.
+type aioSlot struct {
+	cb   iocb
+	done chan int64 // the result (bytes or -errno); buffered 1
+	// buf is the request's buffer while the kernel uses it. Holding it
+	// here keeps it alive, and makes it escape to the heap: a buffer on
+	// a goroutine's stack could move when the stack is resized.
+	buf []byte
+}
+
+// iocb is the kernel's struct iocb, as laid out on little-endian
+// machines (aio_key before aio_rw_flags).
+type iocb struct {
+	data      uint64
+	key       uint32
+	rwFlags   int32
+	opcode    uint16
+	reqprio   int16
+	fildes    uint32
+	buf       uint64
+	nbytes    uint64
+	offset    int64
+	reserved2 uint64
+	flags     uint32
+	resfd     uint32
+}
+
+// ioEvent is the kernel's struct io_event.
+type ioEvent struct {
+	data uint64
+	obj  uint64
+	res  int64
+	res2 int64
+}
+
+const (
+	iocbCmdPread  = 0
+	iocbCmdPwrite = 1
+	iocbFlagResfd = 1 << 0
+
+	// aioDepth is how many requests may be in flight at once; more wait
+	// for a free slot.
+	aioDepth = 256
+)
+
+// newAsyncIO sets up an AIO context for fd. It fails where the kernel has
+// no AIO or the system's aio-max-nr is used up; the device then does
+// blocking I/O.
+func newAsyncIO(fd int) (*asyncIO, error) {
+	efd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	a := &asyncIO{
+		fd:     fd,
+		ev:     os.NewFile(uintptr(efd), "aio-eventfd"),
+		free:   make(chan int, aioDepth),
+		slots:  make([]aioSlot, aioDepth),
+		reaped: make(chan struct{}),
+	}
+	if _, _, e := unix.Syscall(unix.SYS_IO_SETUP, aioDepth, uintptr(unsafe.Pointer(&a.ctx)), 0); e != 0 {
+		a.ev.Close()
+		return nil, fmt.Errorf("io_setup: %w", e)
+	}
+	for i := range a.slots {
+		a.slots[i].done = make(chan int64, 1)
+		a.free <- i
+	}
+	go a.reap()
+	return a, nil
+}
+
+// errAIOUnavailable tells the caller to do the I/O the blocking way.
+var errAIOUnavailable = errors.New("aio unavailable")
+
+// do runs one read or write of p at off and waits for it. p must stay
+// untouched until it returns, which it does only once the kernel is done
+// with p. It returns errAIOUnavailable, having done nothing, when the
+// context is closed or the kernel refuses the submission.
+func (a *asyncIO) do(opcode uint16, p []byte, off int64) (int, error) {
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return 0, errAIOUnavailable
+	}
+	a.inflight.Add(1)
+	a.mu.Unlock()
+	defer a.inflight.Done()
+
+	i := <-a.free
+	s := &a.slots[i]
+	s.buf = p
+	s.cb = iocb{
+		data:   uint64(i),
+		opcode: opcode,
+		fildes: uint32(a.fd),
+		buf:    uint64(uintptr(unsafe.Pointer(unsafe.SliceData(p)))),
+		nbytes: uint64(len(p)),
+		offset: off,
+		flags:  iocbFlagResfd,
+		resfd:  uint32(a.ev.Fd()),
+	}
+	cbs := [1]*iocb{&s.cb}
+	for {
+		n, _, e := unix.Syscall(unix.SYS_IO_SUBMIT, a.ctx, 1, uintptr(unsafe.Pointer(&cbs[0])))
+		if e == unix.EINTR {
+			continue
+		}
+		if e != 0 || n != 1 {
+			s.buf = nil
+			a.free <- i
+			return 0, errAIOUnavailable
+		}
+		break
+	}
+	res := <-s.done
+	s.buf = nil
+	a.free <- i
+	if res < 0 {
+		return 0, unix.Errno(-res)
+	}
+	return int(res), nil
+}
+
+// reap delivers completions until the eventfd is closed.
+func (a *asyncIO) reap() {
+	defer close(a.reaped)
+	var cnt [8]byte
+	events := make([]ioEvent, aioDepth)
+	for {
+		if _, err := a.ev.Read(cnt[:]); err != nil {
+			return
+		}
+		// The count says how many completed; collect whatever is there
+		// now, without waiting. Any completion this pass misses has
+		// signalled the eventfd again.
+		for {
+			var zero unix.Timespec
+			n, _, e := unix.Syscall6(unix.SYS_IO_GETEVENTS, a.ctx, 0, uintptr(len(events)),
+				uintptr(unsafe.Pointer(&events[0])), uintptr(unsafe.Pointer(&zero)), 0)
+			if e == unix.EINTR {
+				continue
+			}
+			if e != 0 || n == 0 {
+				break
+			}
+			for _, ev := range events[:n] {
+				a.slots[ev.data].done <- ev.res
+			}
+		}
+	}
+}
+
+// close waits for the requests in flight, stops the reaper and frees the
+// context. Later requests get errAIOUnavailable.
+func (a *asyncIO) close() {
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return
+	}
+	a.closed = true
+	a.mu.Unlock()
+	a.inflight.Wait()
+	a.ev.Close()
+	<-a.reaped
+	unix.Syscall(unix.SYS_IO_DESTROY, a.ctx, 0, 0)
+}
