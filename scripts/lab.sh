@@ -32,6 +32,8 @@
 #   DRBDD_LAB_CACHE  download cache (default /var/cache/drbdd-lab)
 #   DRBDD_LAB_KERNEL kernel package (default: the newest
 #                    linux-image-*-cloud-amd64 apt knows)
+#   DRBDD_LAB_DRBDD_ENV  environment for drbdd in the VMs, NAME=value
+#                    words (e.g. DRBDD_NO_AIO=1 to compare blocking I/O)
 #
 # The scenario (issue 5), each step printed with its time, then a summary
 # (boot, initial sync, both failover times, each resync's size):

@@ -56,6 +56,10 @@ type FileDevice struct {
 	bounce sync.Pool
 }
 
+// aioOff turns AIO off (DRBDD_NO_AIO set): O_DIRECT I/O is then done
+// with blocking calls, one thread each.
+var aioOff = os.Getenv("DRBDD_NO_AIO") != ""
+
 // OpenFile opens path (a regular file or block device) read-write.
 func OpenFile(path string, mode DirectIO) (*FileDevice, error) {
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
@@ -87,8 +91,10 @@ func OpenFile(path string, mode DirectIO) (*FileDevice, error) {
 		df, err := os.OpenFile(path, os.O_RDWR|unix.O_DIRECT, 0)
 		if err == nil {
 			d.direct = df
-			if a, err := newAsyncIO(int(df.Fd())); err == nil {
-				d.aio = a
+			if !aioOff {
+				if a, err := newAsyncIO(int(df.Fd())); err == nil {
+					d.aio = a
+				}
 			}
 		} else if mode == DirectOn {
 			f.Close()

@@ -183,8 +183,11 @@ func ResourceYAML(nodes []string, alExtents int) string {
 func startDrbdd(ctx context.Context, v *VM) error { return startDrbddEnv(ctx, v, "") }
 
 // startDrbddEnv is startDrbdd with environment assignments (NAME=value
-// words) for the daemon.
+// words) for the daemon. The host's DRBDD_LAB_DRBDD_ENV comes first, so
+// that a user can try the daemon's knobs (DRBDD_NO_AIO=1, GOMAXPROCS=2)
+// in the lab.
 func startDrbddEnv(ctx context.Context, v *VM, env string) error {
+	env = strings.TrimSpace(os.Getenv("DRBDD_LAB_DRBDD_ENV") + " " + env)
 	_, err := MustRun(ctx, v, env+` setsid drbdd </dev/null >>/var/log/drbdd.log 2>&1 &
 for i in $(seq 100); do [ -S /run/drbdd/drbdd.sock ] && exit 0; sleep 0.1; done
 echo "drbdd did not create its control socket:"; cat /var/log/drbdd.log; exit 1`)
