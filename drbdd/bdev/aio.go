@@ -56,20 +56,22 @@ type aioSlot struct {
 }
 
 // iocb is the kernel's struct iocb, as laid out on little-endian
-// machines (aio_key before aio_rw_flags).
+// machines (aio_key before aio_rw_flags), 64 bytes.
+// drbdd leaves aio_key, aio_rw_flags, aio_reqprio and aio_reserved2
+// zero, so they are blank fields.
 type iocb struct {
-	data      uint64
-	key       uint32
-	rwFlags   int32
-	opcode    uint16
-	reqprio   int16
-	fildes    uint32
-	buf       uint64
-	nbytes    uint64
-	offset    int64
-	reserved2 uint64
-	flags     uint32
-	resfd     uint32
+	data   uint64
+	_      uint32 // aio_key
+	_      int32  // aio_rw_flags
+	opcode uint16
+	_      int16 // aio_reqprio
+	fildes uint32
+	buf    uint64
+	nbytes uint64
+	offset int64
+	_      uint64 // aio_reserved2
+	flags  uint32
+	resfd  uint32
 }
 
 // ioEvent is the kernel's struct io_event.

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -137,5 +138,33 @@ func TestAsyncIOReportsErrors(t *testing.T) {
 	}
 	if _, err := d.WriteAt(b[1:BlockSize+1], 0); err != nil {
 		t.Fatalf("the device bounces a misaligned buffer: %v", err)
+	}
+}
+
+// TestIocbLayout checks the control block against the kernel's 64-byte
+// struct iocb.
+func TestIocbLayout(t *testing.T) {
+	var cb iocb
+	if got := unsafe.Sizeof(cb); got != 64 {
+		t.Fatalf("iocb is %d bytes, want 64", got)
+	}
+	for _, f := range []struct {
+		name      string
+		off, want uintptr
+	}{
+		{"aio_lio_opcode", unsafe.Offsetof(cb.opcode), 16},
+		{"aio_fildes", unsafe.Offsetof(cb.fildes), 20},
+		{"aio_buf", unsafe.Offsetof(cb.buf), 24},
+		{"aio_nbytes", unsafe.Offsetof(cb.nbytes), 32},
+		{"aio_offset", unsafe.Offsetof(cb.offset), 40},
+		{"aio_flags", unsafe.Offsetof(cb.flags), 56},
+		{"aio_resfd", unsafe.Offsetof(cb.resfd), 60},
+	} {
+		if f.off != f.want {
+			t.Errorf("%s at offset %d, want %d", f.name, f.off, f.want)
+		}
+	}
+	if got := unsafe.Sizeof(ioEvent{}); got != 32 {
+		t.Errorf("io_event is %d bytes, want 32", got)
 	}
 }

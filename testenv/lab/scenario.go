@@ -188,7 +188,11 @@ func startDrbdd(ctx context.Context, v *VM) error { return startDrbddEnv(ctx, v,
 // in the lab.
 func startDrbddEnv(ctx context.Context, v *VM, env string) error {
 	env = strings.TrimSpace(os.Getenv("DRBDD_LAB_DRBDD_ENV") + " " + env)
-	_, err := MustRun(ctx, v, env+` setsid drbdd </dev/null >>/var/log/drbdd.log 2>&1 &
+	// A killed daemon leaves its control socket behind; it goes first, so
+	// that the wait below is for the new daemon's socket.
+	_, err := MustRun(ctx, v, `if pidof drbdd >/dev/null; then echo "drbdd is already running"; exit 1; fi
+rm -f /run/drbdd/drbdd.sock
+`+env+` setsid drbdd </dev/null >>/var/log/drbdd.log 2>&1 &
 for i in $(seq 100); do [ -S /run/drbdd/drbdd.sock ] && exit 0; sleep 0.1; done
 echo "drbdd did not create its control socket:"; cat /var/log/drbdd.log; exit 1`)
 	return err
