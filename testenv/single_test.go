@@ -322,7 +322,7 @@ func TestCrashKeepsMetadata(t *testing.T) {
 // TestDaemonKeepsSysmonAwake checks that the daemon re-executes itself,
 // under the same process ID, with the GODEBUG setting that keeps the Go
 // runtime's sysmon out of deep sleep, and that a schedtrace the user gave
-// is left alone.
+// is left alone, and that the process keeps its name.
 func TestDaemonKeepsSysmonAwake(t *testing.T) {
 	godebugOf := func(n *Node) string {
 		t.Helper()
@@ -348,6 +348,10 @@ func TestDaemonKeepsSysmonAwake(t *testing.T) {
 		// The control socket is up, so any re-execution has happened.
 		if got := godebugOf(n); got != c.want {
 			t.Errorf("GODEBUG %q given: daemon runs with %q, want %q", c.given, got, c.want)
+		}
+		// The process keeps its name, which pgrep and killall go by.
+		if comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", n.Pid())); err != nil || strings.TrimSpace(string(comm)) != "drbdd" {
+			t.Errorf("GODEBUG %q given: process name %q (%v), want drbdd", c.given, comm, err)
 		}
 		if _, err := n.Adm("status"); err != nil {
 			t.Errorf("GODEBUG %q given: drbdadm status: %v", c.given, err)
