@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -29,6 +30,7 @@ type asyncIO struct {
 	ctx uintptr  // the kernel's aio_context_t
 	fd  int      // the O_DIRECT descriptor I/O goes to
 	ev  *os.File // the eventfd completions signal; read by the reaper
+	efd int      // ev's descriptor number, for the control blocks
 
 	// free holds the indexes of the slots not in flight: it bounds the
 	// requests in flight to the context's size.
@@ -41,7 +43,8 @@ type asyncIO struct {
 	closed   bool
 	inflight sync.WaitGroup
 
-	reaped chan struct{} // closed when the reaper returns
+	reaped    chan struct{} // closed when the reaper returns
+	destroyed chan struct{} // closed when close has freed the context
 }
 
 // aioSlot is one request's control block and the channel its result
@@ -101,11 +104,13 @@ func newAsyncIO(fd int) (*asyncIO, error) {
 		return nil, fmt.Errorf("eventfd: %w", err)
 	}
 	a := &asyncIO{
-		fd:     fd,
-		ev:     os.NewFile(uintptr(efd), "aio-eventfd"),
-		free:   make(chan int, aioDepth),
-		slots:  make([]aioSlot, aioDepth),
-		reaped: make(chan struct{}),
+		fd:        fd,
+		ev:        os.NewFile(uintptr(efd), "aio-eventfd"),
+		efd:       efd,
+		free:      make(chan int, aioDepth),
+		slots:     make([]aioSlot, aioDepth),
+		reaped:    make(chan struct{}),
+		destroyed: make(chan struct{}),
 	}
 	if _, _, e := unix.Syscall(unix.SYS_IO_SETUP, aioDepth, uintptr(unsafe.Pointer(&a.ctx)), 0); e != 0 {
 		a.ev.Close()
@@ -125,7 +130,9 @@ var errAIOUnavailable = errors.New("aio unavailable")
 // do runs one read or write of p at off and waits for it. p must stay
 // untouched until it returns, which it does only once the kernel is done
 // with p. It returns errAIOUnavailable, having done nothing, when the
-// context is closed or the kernel refuses the submission.
+// context is closed, the kernel refuses the submission, or the request
+// was interrupted before it started (EINTR, EAGAIN): the caller redoes
+// it the blocking way, as os.File retries EINTR.
 func (a *asyncIO) do(opcode uint16, p []byte, off int64) (int, error) {
 	a.mu.Lock()
 	if a.closed {
@@ -147,7 +154,7 @@ func (a *asyncIO) do(opcode uint16, p []byte, off int64) (int, error) {
 		nbytes: uint64(len(p)),
 		offset: off,
 		flags:  iocbFlagResfd,
-		resfd:  uint32(a.ev.Fd()),
+		resfd:  uint32(a.efd),
 	}
 	cbs := [1]*iocb{&s.cb}
 	for {
@@ -165,7 +172,10 @@ func (a *asyncIO) do(opcode uint16, p []byte, off int64) (int, error) {
 	res := <-s.done
 	s.buf = nil
 	a.free <- i
-	if res < 0 {
+	switch {
+	case res == -int64(unix.EINTR) || res == -int64(unix.EAGAIN):
+		return 0, errAIOUnavailable
+	case res < 0:
 		return 0, unix.Errno(-res)
 	}
 	return int(res), nil
@@ -177,8 +187,13 @@ func (a *asyncIO) reap() {
 	var cnt [8]byte
 	events := make([]ioEvent, aioDepth)
 	for {
-		if _, err := a.ev.Read(cnt[:]); err != nil {
+		if _, err := a.ev.Read(cnt[:]); errors.Is(err, os.ErrClosed) {
 			return
+		} else if err != nil {
+			// Nothing else is expected from an eventfd, but returning
+			// would leave every request in flight waiting for ever:
+			// look for completions all the same, a little later.
+			time.Sleep(time.Millisecond)
 		}
 		// The count says how many completed; collect whatever is there
 		// now, without waiting. Any completion this pass misses has
@@ -201,11 +216,14 @@ func (a *asyncIO) reap() {
 }
 
 // close waits for the requests in flight, stops the reaper and frees the
-// context. Later requests get errAIOUnavailable.
+// context. Later requests get errAIOUnavailable. A second close waits for
+// the first to finish, so that neither returns (and lets the caller close
+// the descriptor) while a request may still be submitted to it.
 func (a *asyncIO) close() {
 	a.mu.Lock()
 	if a.closed {
 		a.mu.Unlock()
+		<-a.destroyed
 		return
 	}
 	a.closed = true
@@ -213,5 +231,8 @@ func (a *asyncIO) close() {
 	a.inflight.Wait()
 	a.ev.Close()
 	<-a.reaped
+	// io_destroy fails only for a context that does not exist; there is
+	// nothing left in flight to wait for.
 	unix.Syscall(unix.SYS_IO_DESTROY, a.ctx, 0, 0)
+	close(a.destroyed)
 }

@@ -170,13 +170,10 @@ func (d *FileDevice) WriteAt(p []byte, off int64) (int, error) {
 
 // directIO reads or writes (op) an aligned buffer on the direct
 // descriptor: through AIO when the device has a context, else, or when
-// AIO refuses the request, with a blocking call. A short AIO transfer is
-// finished with a blocking call.
+// AIO refuses the request, with a blocking call.
 func (d *FileDevice) directIO(op uint16, p []byte, off int64) (int, error) {
-	n := 0
 	if d.aio != nil {
-		var err error
-		n, err = d.aio.do(op, p, off)
+		n, err := d.aio.do(op, p, off)
 		if err != nil && err != errAIOUnavailable {
 			name := "write"
 			if op == iocbCmdPread {
@@ -190,15 +187,14 @@ func (d *FileDevice) directIO(op uint16, p []byte, off int64) (int, error) {
 		if err == nil && op == iocbCmdPread && n == 0 {
 			return 0, io.EOF
 		}
+		// A short transfer is redone whole: what is left of it may not
+		// be aligned for O_DIRECT, and reading or writing the same
+		// bytes again is harmless.
 	}
-	var m int
-	var err error
 	if op == iocbCmdPwrite {
-		m, err = d.direct.WriteAt(p[n:], off+int64(n))
-	} else {
-		m, err = d.direct.ReadAt(p[n:], off+int64(n))
+		return d.direct.WriteAt(p, off)
 	}
-	return n + m, err
+	return d.direct.ReadAt(p, off)
 }
 
 // Sync flushes completed writes to stable storage with fdatasync. For a
@@ -284,7 +280,7 @@ func (d *FileDevice) writeZeroBuffers(off, length int64) error {
 	return nil
 }
 
-// Close closes both descriptors.
+// Close waits for the AIO requests in flight and closes both descriptors.
 func (d *FileDevice) Close() error {
 	if d.aio != nil {
 		d.aio.close()
