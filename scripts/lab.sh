@@ -9,9 +9,10 @@
 # Usage:
 #   scripts/lab.sh [scenario] [--nodes a,b] [--keep] [--fresh] [--fio] [--files N]
 #                                     the scenario below; ends with PASS or FAIL
-#   scripts/lab.sh bench [--kernel-drbd] [--runtime 15s] [--size 128M] [--keep]
+#   scripts/lab.sh bench [--kernel-drbd] [--rounds N] [--runtime 15s] [--size 128M] [--keep]
 #                                     fio O_DIRECT on drbdd's /dev/nbd0 vs the raw
-#                                     disk (and kernel DRBD 8.4's /dev/drbd0)
+#                                     disk (and kernel DRBD 8.4's /dev/drbd0);
+#                                     --rounds: targets take turns N times, medians
 #   scripts/lab.sh up [--nodes a,b] [--fresh] [--fio]
 #                                     boot the VMs, leave them running
 #   scripts/lab.sh console NODE       a shell on NODE's serial console

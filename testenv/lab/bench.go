@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 )
@@ -21,6 +22,11 @@ type BenchOptions struct {
 	// KernelDRBD adds kernel DRBD 8.4 on /dev/drbd0 (the image must be
 	// built with BuildOptions.DRBDUtils).
 	KernelDRBD bool
+	// Rounds is how many times every target runs every job, the targets
+	// taking turns each round; 0 means 1. The table shows medians: the
+	// VMs' speed drifts from minute to minute, and interleaved rounds
+	// expose each target to the same drift.
+	Rounds int
 }
 
 // BenchJob is one fio job.
@@ -45,6 +51,7 @@ type BenchResult struct {
 	Target string // "raw", "drbdd" or "drbd"
 	Device string
 	Job    string
+	Round  int // from 1
 	IOPS   float64
 	// BW is in bytes per second.
 	BW float64
@@ -66,14 +73,42 @@ type BenchReport struct {
 	Setup map[string]time.Duration
 }
 
-// Get returns the result of job on target, if measured.
+// Get returns the result of job on target, if measured: over several
+// rounds, the median of each figure (Round is then 0).
 func (r *BenchReport) Get(target, job string) (BenchResult, bool) {
+	var runs []BenchResult
 	for _, x := range r.Results {
 		if x.Target == target && x.Job == job {
-			return x, true
+			runs = append(runs, x)
 		}
 	}
-	return BenchResult{}, false
+	switch len(runs) {
+	case 0:
+		return BenchResult{}, false
+	case 1:
+		return runs[0], true
+	}
+	m := runs[0]
+	m.Round = 0
+	m.IOPS = median(runs, func(x BenchResult) float64 { return x.IOPS })
+	m.BW = median(runs, func(x BenchResult) float64 { return x.BW })
+	m.Lat = time.Duration(median(runs, func(x BenchResult) float64 { return float64(x.Lat) }))
+	return m, true
+}
+
+// median is the median of f over runs (the mean of the middle two for
+// an even count).
+func median(runs []BenchResult, f func(BenchResult) float64) float64 {
+	v := make([]float64, len(runs))
+	for i, x := range runs {
+		v[i] = f(x)
+	}
+	slices.Sort(v)
+	n := len(v)
+	if n%2 == 1 {
+		return v[n/2]
+	}
+	return (v[n/2-1] + v[n/2]) / 2
 }
 
 // fioOutput is the part of fio's JSON output the benchmark reads.
@@ -112,11 +147,12 @@ func parseFio(out string) (iops, bw float64, lat time.Duration, err error) {
 
 // bench carries the state of one RunBench.
 type bench struct {
-	ctx  context.Context
-	l    *Lab
-	o    BenchOptions
-	rep  *BenchReport
-	a, b *VM
+	ctx   context.Context
+	l     *Lab
+	o     BenchOptions
+	rep   *BenchReport
+	a, b  *VM
+	round int // the round running, from 1
 }
 
 func (bn *bench) logf(format string, args ...any) {
@@ -136,7 +172,7 @@ func (bn *bench) fio(target, dev string) error {
 		if err != nil {
 			return fmt.Errorf("%s on %s: %w", j.Name, dev, err)
 		}
-		r := BenchResult{Target: target, Device: dev, Job: j.Name, IOPS: iops, BW: bw, Lat: lat}
+		r := BenchResult{Target: target, Device: dev, Job: j.Name, Round: bn.round, IOPS: iops, BW: bw, Lat: lat}
 		bn.rep.Results = append(bn.rep.Results, r)
 		bn.logf("  %-6s %-11s %-18s %s", target, dev, j.Name, formatResult(r, j.Bandwidth))
 	}
@@ -166,6 +202,9 @@ func RunBench(ctx context.Context, l *Lab, o BenchOptions) (*BenchReport, error)
 	if o.Size == "" {
 		o.Size = "128M"
 	}
+	if o.Rounds <= 0 {
+		o.Rounds = 1
+	}
 	if len(l.VMs) != 2 {
 		return nil, fmt.Errorf("the benchmark needs two VMs, not %d", len(l.VMs))
 	}
@@ -179,16 +218,21 @@ func RunBench(ctx context.Context, l *Lab, o BenchOptions) (*BenchReport, error)
 			return nil, err
 		}
 	}
-	bn.logf("fio: O_DIRECT, libaio, %s region, %v per job; writer %s, peer %s", o.Size, o.Runtime, bn.a.Name(), bn.b.Name())
-	if err := bn.fio(TargetRaw, "/dev/vdb"); err != nil {
-		return bn.rep, err
-	}
-	if err := bn.drbdd(); err != nil {
-		return bn.rep, fmt.Errorf("drbdd: %w", err)
-	}
-	if o.KernelDRBD {
-		if err := bn.kernelDRBD(); err != nil {
-			return bn.rep, fmt.Errorf("kernel DRBD: %w", err)
+	bn.logf("fio: O_DIRECT, libaio, %s region, %v per job, %d round(s); writer %s, peer %s", o.Size, o.Runtime, o.Rounds, bn.a.Name(), bn.b.Name())
+	for bn.round = 1; bn.round <= o.Rounds; bn.round++ {
+		if o.Rounds > 1 {
+			bn.logf("round %d of %d", bn.round, o.Rounds)
+		}
+		if err := bn.fio(TargetRaw, "/dev/vdb"); err != nil {
+			return bn.rep, err
+		}
+		if err := bn.drbdd(); err != nil {
+			return bn.rep, fmt.Errorf("drbdd: %w", err)
+		}
+		if o.KernelDRBD {
+			if err := bn.kernelDRBD(); err != nil {
+				return bn.rep, fmt.Errorf("kernel DRBD: %w", err)
+			}
 		}
 	}
 	bn.table()
@@ -319,9 +363,13 @@ func (bn *bench) kernelDRBD() error {
 	return nil
 }
 
-// table prints the results side by side with the ratios.
+// table prints the results side by side with the ratios (medians over
+// the rounds), and then each round's drbdd ratio.
 func (bn *bench) table() {
 	w := bn.o.Out
+	if bn.o.Rounds > 1 {
+		fmt.Fprintf(w, "\nmedians of %d rounds (each round runs every target in turn)", bn.o.Rounds)
+	}
 	fmt.Fprintf(w, "\n%-18s %-28s %-28s", "job", "raw /dev/vdb", "drbdd /dev/nbd0")
 	if bn.o.KernelDRBD {
 		fmt.Fprintf(w, " %-28s", "kernel DRBD /dev/drbd0")
@@ -363,4 +411,42 @@ func (bn *bench) table() {
 		}
 		fmt.Fprintln(w)
 	}
+	if bn.o.Rounds > 1 {
+		ref, name := TargetRaw, "drbdd/raw"
+		if bn.o.KernelDRBD {
+			ref, name = TargetDRBD, "drbdd/DRBD"
+		}
+		fmt.Fprintf(w, "\n%s by round\n", name)
+		for _, j := range BenchJobs {
+			fmt.Fprintf(w, "%-18s", j.Name)
+			for round := 1; round <= bn.o.Rounds; round++ {
+				fmt.Fprintf(w, " %s", bn.rep.roundRatio(TargetDrbdd, ref, j, round))
+			}
+			fmt.Fprintln(w)
+		}
+	}
+}
+
+// roundRatio is target's figure over ref's for job in one round, or "-".
+func (r *BenchReport) roundRatio(target, ref string, j BenchJob, round int) string {
+	var x, y float64
+	for _, res := range r.Results {
+		if res.Job != j.Name || res.Round != round {
+			continue
+		}
+		v := res.IOPS
+		if j.Bandwidth {
+			v = res.BW
+		}
+		switch res.Target {
+		case target:
+			x = v
+		case ref:
+			y = v
+		}
+	}
+	if x == 0 || y == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.3f", x/y)
 }

@@ -219,3 +219,39 @@ func TestParseFio(t *testing.T) {
 		}
 	}
 }
+
+// TestBenchReportMedians checks that a report over several rounds gives
+// each figure's median and each round's ratio.
+func TestBenchReportMedians(t *testing.T) {
+	q1, seq := BenchJobs[0], BenchJobs[2]
+	r := &BenchReport{}
+	for i, v := range []struct{ drbdd, drbd, bw float64 }{{100, 200, 30e6}, {300, 250, 10e6}, {200, 400, 20e6}} {
+		r.Results = append(r.Results,
+			BenchResult{Target: TargetDrbdd, Job: q1.Name, Round: i + 1, IOPS: v.drbdd, Lat: time.Duration(v.drbdd) * time.Microsecond},
+			BenchResult{Target: TargetDRBD, Job: q1.Name, Round: i + 1, IOPS: v.drbd},
+			BenchResult{Target: TargetDrbdd, Job: seq.Name, Round: i + 1, BW: v.bw},
+		)
+	}
+	got, ok := r.Get(TargetDrbdd, q1.Name)
+	if !ok || got.IOPS != 200 || got.Lat != 200*time.Microsecond || got.Round != 0 {
+		t.Fatalf("median of drbdd QD1: %+v, %v; want 200 IOPS, 200µs, round 0", got, ok)
+	}
+	if got, _ := r.Get(TargetDrbdd, seq.Name); got.BW != 20e6 {
+		t.Fatalf("median bandwidth %v, want 20e6", got.BW)
+	}
+	if _, ok := r.Get(TargetRaw, q1.Name); ok {
+		t.Fatal("a target never measured has a result")
+	}
+	for round, want := range map[int]string{1: "0.500", 2: "1.200", 3: "0.500", 4: "-"} {
+		if got := r.roundRatio(TargetDrbdd, TargetDRBD, q1, round); got != want {
+			t.Errorf("round %d ratio %s, want %s", round, got, want)
+		}
+	}
+	if got := r.roundRatio(TargetDrbdd, TargetDRBD, seq, 1); got != "-" {
+		t.Errorf("ratio without a reference: %s, want -", got)
+	}
+	r.Results = append(r.Results, BenchResult{Target: TargetDrbdd, Job: "x", Round: 1, IOPS: 1}, BenchResult{Target: TargetDrbdd, Job: "x", Round: 2, IOPS: 4})
+	if got, _ := r.Get(TargetDrbdd, "x"); got.IOPS != 2.5 {
+		t.Errorf("median of two: %v, want 2.5", got.IOPS)
+	}
+}

@@ -190,6 +190,7 @@ func benchCmd(ctx context.Context, args []string) error {
 	runtime := c.fs.Duration("runtime", 15*time.Second, "duration of each fio job")
 	size := c.fs.String("size", "128M", "region each fio job writes")
 	kernel := c.fs.Bool("kernel-drbd", false, "also measure kernel DRBD 8.4 on /dev/drbd0 (downloads drbd-utils)")
+	rounds := c.fs.Int("rounds", 1, "rounds of every job on every target, taking turns; the table shows medians")
 	c.fs.Parse(args)
 	if c.fs.NArg() != 0 {
 		usage()
@@ -208,7 +209,7 @@ func benchCmd(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	rep, err := lab.RunBench(ctx, l, lab.BenchOptions{Out: os.Stdout, Runtime: *runtime, Size: *size, KernelDRBD: *kernel})
+	rep, err := lab.RunBench(ctx, l, lab.BenchOptions{Out: os.Stdout, Runtime: *runtime, Size: *size, KernelDRBD: *kernel, Rounds: *rounds})
 	finish(l, *keep)
 	if err != nil {
 		return err
