@@ -109,19 +109,7 @@ func TestFileDeviceAsyncIO(t *testing.T) {
 // fails once submitted (a direct write from a misaligned buffer) comes
 // back as its errno.
 func TestAsyncIOReportsErrors(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "disk.img")
-	if err := os.WriteFile(path, make([]byte, 1<<20), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	ro, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ro.Close()
-	a, err := newAsyncIO(int(ro.Fd()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	path, a := openAsyncIO(t, os.O_RDONLY)
 	buf := make([]byte, 2*BlockSize)
 	if _, err := a.do(iocbCmdPwrite, buf[:BlockSize], 0); err != errAIOUnavailable {
 		t.Fatalf("write to a read-only descriptor: %v, want errAIOUnavailable", err)
@@ -178,19 +166,7 @@ func TestIocbLayout(t *testing.T) {
 // when nothing is in flight, every request ends (done or refused), and
 // later requests are refused.
 func TestAsyncIOCloseUnderLoad(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "disk.img")
-	if err := os.WriteFile(path, make([]byte, 1<<20), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	a, err := newAsyncIO(int(f.Fd()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, a := openAsyncIO(t, os.O_RDWR)
 	var done, refused sync.WaitGroup
 	stop := make(chan struct{})
 	for g := range aioDepth + 44 {
@@ -237,4 +213,24 @@ func TestAsyncIOCloseUnderLoad(t *testing.T) {
 	if _, err := a.do(iocbCmdPwrite, make([]byte, 512), 0); err != errAIOUnavailable {
 		t.Fatalf("write after close: %v, want errAIOUnavailable", err)
 	}
+}
+
+// openAsyncIO makes a zeroed 1 MiB file, opens it with flag (closed when
+// the test ends) and sets up an AIO context on it.
+func openAsyncIO(t *testing.T, flag int) (string, *asyncIO) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(path, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(path, flag, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	a, err := newAsyncIO(int(f.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path, a
 }
