@@ -96,9 +96,15 @@ func (b *sockBuffer) WriteVectors(bufs [][]byte) error {
 	v = append(v, bufs...)
 	b.nc.SetWriteDeadline(time.Now().Add(b.timeout))
 	_, err := v.WriteTo(b.nc)
+	b.sent()
+	return err
+}
+
+// sent empties the buffer once its bytes went to the socket (or failed
+// to).
+func (b *sockBuffer) sent() {
 	b.pending = b.pending[:0]
 	b.packets = 0
-	return err
 }
 
 // buffered returns how many bytes are pending.
@@ -111,8 +117,7 @@ func (b *sockBuffer) flush() error {
 	}
 	b.nc.SetWriteDeadline(time.Now().Add(b.timeout))
 	_, err := b.nc.Write(b.pending)
-	b.pending = b.pending[:0]
-	b.packets = 0
+	b.sent()
 	return err
 }
 
@@ -199,8 +204,7 @@ func (w *sockWriter) sendSpliced(raw syscall.RawConn, cmd protocol.Cmd, head []b
 	b.pending = append(b.pending, head...)
 	b.nc.SetWriteDeadline(time.Now().Add(b.timeout))
 	err = zerocopy.SendMore(raw, b.pending)
-	b.pending = b.pending[:0]
-	b.packets = 0
+	b.sent()
 	if err != nil {
 		return err
 	}
@@ -221,8 +225,9 @@ func (w *sockWriter) flush() error {
 }
 
 // cork holds back flushes: packets sent while corked stay buffered until
-// uncork, or until flushAt bytes or flushPackets packets are buffered. The receiver corks the ack socket while it works through input
-// already buffered, so a burst of writes is answered with one flush.
+// uncork, or until flushAt bytes or flushPackets packets are buffered.
+// The receiver corks the ack socket while it works through input already
+// buffered, so a burst of writes is answered with one flush.
 func (w *sockWriter) cork() { w.corks.Add(1) }
 
 // uncork releases a cork and flushes if nobody else is about to.
