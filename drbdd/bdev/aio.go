@@ -86,8 +86,6 @@ type ioEvent struct {
 }
 
 const (
-	iocbCmdPread  = 0
-	iocbCmdPwrite = 1
 	iocbFlagResfd = 1 << 0
 
 	// aioDepth is how many requests may be in flight at once; more wait
@@ -123,9 +121,6 @@ func newAsyncIO(fd int) (*asyncIO, error) {
 	go a.reap()
 	return a, nil
 }
-
-// errAIOUnavailable tells the caller to do the I/O the blocking way.
-var errAIOUnavailable = errors.New("aio unavailable")
 
 // do runs one read or write of p at off and waits for it. p must stay
 // untouched until it returns, which it does only once the kernel is done

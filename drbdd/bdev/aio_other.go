@@ -2,21 +2,12 @@
 
 package bdev
 
-import "errors"
-
 // asyncIO is not built here: its control block layout is the
 // little-endian one. Devices do blocking I/O.
 type asyncIO struct{}
-
-var errAIOUnavailable = errors.New("aio unavailable")
 
 func newAsyncIO(int) (*asyncIO, error) { return nil, errAIOUnavailable }
 
 func (*asyncIO) do(uint16, []byte, int64) (int, error) { return 0, errAIOUnavailable }
 
 func (*asyncIO) close() {}
-
-const (
-	iocbCmdPread  = 0
-	iocbCmdPwrite = 1
-)

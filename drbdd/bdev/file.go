@@ -1,6 +1,7 @@
 package bdev
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -167,6 +168,16 @@ func (d *FileDevice) WriteAt(p []byte, off int64) (int, error) {
 	}
 	return d.buffered.WriteAt(p, off)
 }
+
+// The opcodes of an asyncIO request (the kernel's IOCB_CMD_PREAD and
+// IOCB_CMD_PWRITE), also used to tell directIO which way to go.
+const (
+	iocbCmdPread  = 0
+	iocbCmdPwrite = 1
+)
+
+// errAIOUnavailable tells the caller to do the I/O the blocking way.
+var errAIOUnavailable = errors.New("aio unavailable")
 
 // directIO reads or writes (op) an aligned buffer on the direct
 // descriptor: through AIO when the device has a context, else, or when
