@@ -41,14 +41,15 @@ const sysmonAwakeSetting = "schedtrace=2147483647"
 // GODEBUG=schedtrace=0 restores the runtime's default) or when the
 // re-execution fails, and then the daemon simply runs as it is.
 func keepSysmonAwake() {
-	godebug := os.Getenv("GODEBUG")
+	godebug, had := os.LookupEnv("GODEBUG")
 	if strings.Contains(godebug, "schedtrace=") {
 		return
 	}
+	setting := sysmonAwakeSetting
 	if godebug != "" {
-		godebug += ","
+		setting = godebug + "," + setting
 	}
-	if err := os.Setenv("GODEBUG", godebug+sysmonAwakeSetting); err != nil {
+	if err := os.Setenv("GODEBUG", setting); err != nil {
 		return
 	}
 	// The binary's own path keeps the process's name (the kernel takes it
@@ -60,5 +61,10 @@ func keepSysmonAwake() {
 		_ = syscall.Exec(exe, os.Args, os.Environ())
 	}
 	_ = syscall.Exec("/proc/self/exe", os.Args, os.Environ())
-	os.Setenv("GODEBUG", strings.TrimSuffix(godebug, ","))
+	// Both failed: the environment goes back to what it was.
+	if had {
+		os.Setenv("GODEBUG", godebug)
+	} else {
+		os.Unsetenv("GODEBUG")
+	}
 }
