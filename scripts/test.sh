@@ -136,20 +136,19 @@ step_integration() { go test -count=1 -timeout 20m ./testenv/; }
 step_lab() {
 	[[ -d testenv/lab ]] || { echo "testenv/lab not present: skipped"; return 77; }
 	ensure_tools "${LAB_TOOLS[@]}"
-	local out
+	local out rc=0 crashed=0
 	out=$(mktemp)
-	if DRBDD_LAB=1 go test -count=1 -timeout 40m ./testenv/lab/... 2>&1 | tee "$out"; then
-		rm -f "$out"
-		return 0
+	if ! DRBDD_LAB=1 go test -count=1 -timeout 40m ./testenv/lab/... 2>&1 | tee "$out"; then
+		rc=1
+		grep -q 'RIP: 0010:net_rx_action' "$out" && crashed=1
 	fi
-	if grep -q 'RIP: 0010:net_rx_action' "$out"; then
-		rm -f "$out"
+	rm -f "$out"
+	if ((crashed)); then
 		echo "lab: a VM's kernel crashed in net_rx_action (its console is above): a guest kernel fault, not drbdd's; running the lab tests once more"
 		DRBDD_LAB=1 go test -count=1 -timeout 40m ./testenv/lab/...
 		return
 	fi
-	rm -f "$out"
-	return 1
+	return "$rc"
 }
 
 step_bench() { scripts/bench.sh --quick; }
