@@ -420,9 +420,7 @@ bench_resync() {
 		sync # the dirtying writes reach alice's disk before the clock starts, as before each dd
 		# alice's state changes stream in as they happen: the clock stops
 		# at the one that ends the resync.
-		# exec: the coprocess is drbdadm itself, so that the kill below
-		# stops it (a subshell would die and leave it running).
-		coproc EVENTS { exec "$BIN/drbdadm" --control "$WORK/alice/drbdd.sock" --config-dir "$WORK/alice/etc" --node alice events r0; }
+		coproc EVENTS { adm alice events r0; }
 		local ev line
 		ev=${EVENTS[0]}
 		t0=$(date +%s.%N)
