@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"testing"
 	"unsafe"
@@ -233,4 +234,82 @@ func openAsyncIO(t *testing.T, flag int) (string, *asyncIO) {
 		t.Fatal(err)
 	}
 	return path, a
+}
+
+// TestAsyncIOBatchesSubmissions releases 32 writers at once on one P: the
+// first to queue yields, the others queue behind it, and far fewer
+// io_submit calls than writes carry them all. Every write lands.
+func TestAsyncIOBatchesSubmissions(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	path, a := openAsyncIO(t, os.O_RDWR)
+	defer a.close()
+	const writers = 32
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for g := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			buf := bytes.Repeat([]byte{byte(g + 1)}, 512)
+			if n, err := a.do(iocbCmdPwrite, buf, int64(g)*512); err != nil || n != 512 {
+				t.Errorf("writer %d: %d, %v", g, n, err)
+			}
+		}()
+	}
+	runtime.Gosched() // let every writer reach the start line
+	before := a.submits.Load()
+	close(start)
+	wg.Wait()
+	if n := a.submits.Load() - before; n > writers/4 {
+		t.Errorf("%d writers released together took %d io_submit calls, want at most %d", writers, n, writers/4)
+	}
+	got, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for g := range writers {
+		if want := bytes.Repeat([]byte{byte(g + 1)}, 512); !bytes.Equal(got[g*512:(g+1)*512], want) {
+			t.Errorf("sector %d does not hold writer %d's data", g, g)
+		}
+	}
+}
+
+// TestAsyncIOBatchRefusesOne queues three requests, the middle one with
+// an opcode the kernel refuses at submission: it alone is refused (and
+// would be redone blocking), and the ones on either side complete.
+func TestAsyncIOBatchRefusesOne(t *testing.T) {
+	_, a := openAsyncIO(t, os.O_RDWR)
+	defer a.close()
+	bufs := [3][]byte{make([]byte, 512), make([]byte, 512), make([]byte, 512)}
+	var idx [3]int
+	for k := range 3 {
+		i := <-a.free
+		idx[k] = i
+		s := &a.slots[i]
+		s.buf = bufs[k]
+		op := uint16(iocbCmdPwrite)
+		if k == 1 {
+			op = 0xff // no such IOCB_CMD
+		}
+		s.cb = iocb{data: uint64(i), opcode: op, fildes: uint32(a.fd),
+			buf: uint64(uintptr(unsafe.Pointer(&bufs[k][0]))), nbytes: 512, offset: int64(k) * 512,
+			flags: iocbFlagResfd, resfd: uint32(a.efd)}
+		a.queued = append(a.queued, &s.cb)
+	}
+	a.submitQueued()
+	for k, i := range idx {
+		res := <-a.slots[i].done
+		a.slots[i].buf = nil
+		a.free <- i
+		switch {
+		case k == 1 && res != resRefused:
+			t.Errorf("request with a bad opcode: result %d, want refused", res)
+		case k != 1 && res != 512:
+			t.Errorf("request %d beside the refused one: result %d, want 512", k, res)
+		}
+	}
+	if a.submits.Load() != 3 {
+		t.Errorf("%d io_submit calls, want 3 (one taking the first, one refusing the second, one taking the third)", a.submits.Load())
+	}
 }
