@@ -405,6 +405,7 @@ func (s *session) sendState() {
 // of a burst of writes leave in one flush, just before the receiver would
 // block waiting for more input.
 func (s *session) receiver() error {
+	defer s.applies.close()
 	corked := false
 	defer func() {
 		if corked {
@@ -667,7 +668,7 @@ func (s *session) recvWrite(kind writeKind, h protocol.DataHeader, blk *rxBlock,
 	if inline {
 		apply()
 	} else {
-		go apply()
+		s.applies.run(apply)
 	}
 	return nil
 }

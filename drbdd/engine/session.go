@@ -108,10 +108,13 @@ type session struct {
 	maxEpochWrites int
 	// peerBuffers bounds the peer's writes held in memory (max-buffers).
 	peerBuffers *byteBudget
-	ctx         context.Context
-	cancel      context.CancelCauseFunc
-	wg          sync.WaitGroup
-	sendq       chan *outPacket
+	// applies runs the peer's writes that the receiver does not apply
+	// inline; the receiver dispatches to it and closes it.
+	applies *workPool
+	ctx     context.Context
+	cancel  context.CancelCauseFunc
+	wg      sync.WaitGroup
+	sendq   chan *outPacket
 
 	// syncMu guards sync, the resync or verify run of this session.
 	syncMu sync.Mutex
@@ -202,6 +205,7 @@ func newSession(c *connection, data, meta *protocol.Conn, dataNC, metaNC net.Con
 	s.dataW.company = func() bool { return s.r.io.appPending.Load() > 1 || s.getSync() != nil }
 	s.metaW, s.meta = newSockWriter(metaNC, bufio.NewReaderSize(metaNC, 64<<10), s.version, s.writeTimeout)
 	s.ctx, s.cancel = context.WithCancelCause(c.ctx)
+	s.applies = newWorkPool(&s.wg)
 	return s
 }
 

@@ -513,7 +513,7 @@ func (y *syncState) gotData(d protocol.DataHeader, blk *rxBlock) error {
 	if inline {
 		apply()
 	} else {
-		go apply()
+		s.applies.run(apply)
 	}
 	return nil
 }
