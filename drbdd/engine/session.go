@@ -204,6 +204,12 @@ func newSession(c *connection, data, meta *protocol.Conn, dataNC, metaNC net.Con
 	// at queue depth one goes out at once.
 	s.dataW.company = func() bool { return s.r.io.appPending.Load() > 1 || s.getSync() != nil }
 	s.metaW, s.meta = newSockWriter(metaNC, bufio.NewReaderSize(metaNC, 64<<10), s.version, s.writeTimeout)
+	// Acks of the peer's writes: while other peer writes are still being
+	// applied, their acks are coming too (under AIO, completions arrive in
+	// batches and wake their writers together), so the acks share a
+	// flush. A lone write is acked at once. unacked is dropped before
+	// the ack is sent, so it counts only the others.
+	s.metaW.company = func() bool { return s.r.io.unacked.Load() > 0 }
 	s.ctx, s.cancel = context.WithCancelCause(c.ctx)
 	s.applies = newWorkPool(&s.wg)
 	return s
