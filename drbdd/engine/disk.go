@@ -259,7 +259,11 @@ func (r *Resource) Attach(ctx context.Context, dc netlink.DiskConf) error {
 		if err := r.setState(ns, true); err != nil {
 			return err
 		}
-		r.logf("attached %s: %d KiB data, UUIDs %s", dc.BackingDev, ld.size>>10, ld.uuids())
+		mode := "page cache"
+		if ld.direct() {
+			mode = "direct I/O"
+		}
+		r.logf("attached %s (%s): %d KiB data, UUIDs %s", dc.BackingDev, mode, ld.size>>10, ld.uuids())
 		return nil
 	})
 }

@@ -434,14 +434,14 @@ func (s *session) receiver() error {
 				return err
 			}
 		}
-		dh, blk, held, err := s.readBlock(h)
+		dh, blk, taken, err := s.readBlock(h)
 		if err != nil {
 			if s.ctx.Err() != nil {
 				return nil
 			}
 			return err
 		}
-		if held {
+		if taken {
 			s.r.io.netRecv.Add(uint64(h.Length))
 			if err := s.dispatchBlock(h.Cmd, dh, blk); err != nil {
 				return err
@@ -466,7 +466,8 @@ func (s *session) receiver() error {
 	}
 }
 
-// dispatchBlock handles a data packet whose block is held in a pipe.
+// dispatchBlock handles a data packet whose block readBlock took (into
+// pipes, or into a buffer of its own).
 func (s *session) dispatchBlock(cmd protocol.Cmd, dh protocol.DataHeader, blk *rxBlock) error {
 	if cmd == protocol.PData {
 		return s.recvWrite(writeData, dh, blk, blk.n)

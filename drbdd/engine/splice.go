@@ -159,23 +159,32 @@ func (b *rxBlock) release() {
 	}
 }
 
-// readBlock reads a data packet whose block is worth splicing into the
-// page cache: its p_data sub-header, and the block into pipes. ok is
-// false, and nothing read, when the packet is to be read whole instead:
-// the disk or socket cannot be spliced, or the block is small or already
-// in the receive buffer.
+// readBlock reads a large data packet the receiver should not take
+// through its receive buffer: its p_data sub-header, and the block either
+// into pipes, to be spliced into the disk's page cache, or (for a disk
+// opened with O_DIRECT) straight from the socket into a buffer of its
+// own, which the disk write then uses as it is. Through the receive
+// buffer, such a block would be copied once more: out of the buffer,
+// which is reused for the next packet, into an aligned one. ok is false,
+// and nothing read, when the packet is to be read whole instead: the
+// block is small or already in the receive buffer, or the disk takes it
+// neither way.
 func (s *session) readBlock(h protocol.Header) (d protocol.DataHeader, b *rxBlock, ok bool, err error) {
-	z := &s.splice
-	if z.raw == nil || (h.Cmd != protocol.PData && h.Cmd != protocol.PRSDataReply) {
+	if h.Cmd != protocol.PData && h.Cmd != protocol.PRSDataReply {
 		return d, nil, false, nil
 	}
 	n := int(h.Length) - protocol.DataHeaderSize
-	// A block already in the receive buffer gains nothing from splicing.
+	// A block already in the receive buffer gains nothing from either.
 	if n < spliceMin || n > protocol.MaxBioSize || s.dataRd.Buffered() >= int(h.Length) {
 		return d, nil, false, nil
 	}
 	ld := s.r.ldev.Load()
-	if ld == nil || pageCacheFile(ld.dev) == nil {
+	if ld == nil {
+		return d, nil, false, nil
+	}
+	z := &s.splice
+	piped := z.raw != nil && pageCacheFile(ld.dev) != nil
+	if !piped && !ld.direct() {
 		return d, nil, false, nil
 	}
 	var hb [protocol.DataHeaderSize]byte
@@ -190,19 +199,25 @@ func (s *session) readBlock(h protocol.Header) (d protocol.DataHeader, b *rxBloc
 	if err := full.Unmarshal(hb[:]); err != nil {
 		return d, nil, false, protoErr("%s: %v", h.Cmd, err)
 	}
-	b = &rxBlock{chain: &zerocopy.Chain{}, pool: z.rx, n: int64(n)}
-	// The bytes the receive buffer holds already stay in memory.
-	if k := s.dataRd.Buffered(); k > 0 {
-		b.mem, b.pooled = getBuf(k), true
-		io.ReadFull(s.dataRd, b.mem)
+	if piped {
+		b = &rxBlock{chain: &zerocopy.Chain{}, pool: z.rx, n: int64(n)}
+		// The bytes the receive buffer holds already stay in memory.
+		if k := s.dataRd.Buffered(); k > 0 {
+			b.mem, b.pooled = getBuf(k), true
+			io.ReadFull(s.dataRd, b.mem)
+		}
+		err = b.chain.FillFromConn(z.raw, n-len(b.mem), func() *zerocopy.Pipe { return z.rx.Take(s.ctx.Done()) })
+	} else {
+		b = &rxBlock{mem: getBuf(n), n: int64(n), pooled: true}
+		k, _ := io.ReadFull(s.dataRd, b.mem[:min(s.dataRd.Buffered(), n)])
+		_, err = io.ReadFull(s.rxLimit.R, b.mem[k:])
 	}
-	err = b.chain.FillFromConn(z.raw, n-len(b.mem), func() *zerocopy.Pipe { return z.rx.Take(s.ctx.Done()) })
 	if err != nil {
 		b.release()
 		return d, nil, false, fmt.Errorf("receiving %s: %w", h.Cmd, err)
 	}
 	// Blocks come in runs: read only the next packet's head, so that a
-	// block behind it can be spliced too.
+	// block behind it can be taken this way too.
 	s.rxLimit.Next = protocol.HeaderSize100 + protocol.DataHeaderSize
 	return full.DataHeader, b, true, nil
 }
