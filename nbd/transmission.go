@@ -216,7 +216,7 @@ func (t *transmission) readLoop() error {
 		} else if payload > 0 {
 			r.buf, r.bufp = getBuffer(int(payload))
 			if h.Type == cmdWrite {
-				if _, err := io.ReadFull(t.br, r.buf); err != nil {
+				if err := t.readPayload(r.buf); err != nil {
 					t.lim.release(r.weight)
 					r.free()
 					return fmt.Errorf("nbd: reading WRITE payload: %w", err)
@@ -225,6 +225,24 @@ func (t *transmission) readLoop() error {
 		}
 		t.dispatch(r)
 	}
+}
+
+// readPayload reads a WRITE's payload into p. A large one is read from
+// the socket straight into p, past the read buffer, which would copy it
+// once more; the next fill of the read buffer then takes just the next
+// request's header, so that a large payload behind it arrives the same
+// way. Called by the reader only.
+func (t *transmission) readPayload(p []byte) error {
+	if len(p) < spliceMinWrite || t.br.Buffered() >= len(p) {
+		_, err := io.ReadFull(t.br, p)
+		return err
+	}
+	k, _ := io.ReadFull(t.br, p[:t.br.Buffered()])
+	if _, err := io.ReadFull(t.cr.R, p[k:]); err != nil {
+		return err
+	}
+	t.cr.Next = requestHeaderSize
+	return nil
 }
 
 // dispatch hands r to an idle worker, starting a new worker if none is
