@@ -3,6 +3,7 @@
 package bdev
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -241,18 +242,22 @@ func (a *asyncIO) reap() {
 	var cnt [8]byte
 	events := make([]ioEvent, aioDepth)
 	for {
+		// The eventfd's count is the number of completions signalled
+		// since the last read: collect that many, without waiting, and
+		// no more calls than that takes. Any completion this pass misses
+		// has signalled the eventfd again.
+		want := uint64(math.MaxUint64)
 		if _, err := a.ev.Read(cnt[:]); errors.Is(err, os.ErrClosed) {
 			return
 		} else if err != nil {
 			// Nothing else is expected from an eventfd, but returning
 			// would leave every request in flight waiting for ever:
-			// look for completions all the same, a little later.
+			// look for whatever completed, a little later.
 			time.Sleep(time.Millisecond)
+		} else {
+			want = binary.NativeEndian.Uint64(cnt[:])
 		}
-		// The count says how many completed; collect whatever is there
-		// now, without waiting. Any completion this pass misses has
-		// signalled the eventfd again.
-		for {
+		for got := uint64(0); got < want; {
 			var zero unix.Timespec
 			n, _, e := unix.Syscall6(unix.SYS_IO_GETEVENTS, a.ctx, 0, uintptr(len(events)),
 				uintptr(unsafe.Pointer(&events[0])), uintptr(unsafe.Pointer(&zero)), 0)
@@ -265,6 +270,7 @@ func (a *asyncIO) reap() {
 			for _, ev := range events[:n] {
 				a.slots[ev.data].done <- ev.res
 			}
+			got += uint64(n)
 		}
 	}
 }
