@@ -239,6 +239,9 @@ func (t *transmission) readPayload(p []byte) error {
 	}
 	k, _ := io.ReadFull(t.br, p[:t.br.Buffered()])
 	if _, err := io.ReadFull(t.cr.R, p[k:]); err != nil {
+		if err == io.EOF && k > 0 {
+			err = io.ErrUnexpectedEOF
+		}
 		return err
 	}
 	t.cr.Next = requestHeaderSize

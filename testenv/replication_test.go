@@ -1,7 +1,10 @@
 package testenv
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -26,9 +29,16 @@ func TestReplicationWritesReachBothDisks(t *testing.T) {
 	} {
 		proto := tc.proto
 		t.Run(tc.name, func(t *testing.T) {
+			if tc.disk != nil {
+				requireDirectIO(t)
+			}
 			p := NewPair(t, PairOptions{Protocol: proto, Disk: tc.disk})
 			p.Up(t)
 			p.InitialSync(t, p.A)
+			sessionEnds := map[*Node]int{}
+			for _, n := range p.Nodes() {
+				sessionEnds[n] = n.logCount("session ended")
+			}
 			if got := strings.TrimSpace(p.B.MustAdm("role", "r0")); got != "Secondary/Primary" {
 				t.Fatalf("bob role %q", got)
 			}
@@ -65,6 +75,12 @@ func TestReplicationWritesReachBothDisks(t *testing.T) {
 					if !n.LogContains("(direct I/O)") {
 						t.Fatalf("%s did not attach its disk with direct I/O", n.Name)
 					}
+					// A block read out of step with the stream would end
+					// the session and be healed by a resync unseen.
+					if n.logCount("session ended") != sessionEnds[n] {
+						b, _ := os.ReadFile(n.LogPath)
+						t.Fatalf("%s's session ended during the writes:\n%s", n.Name, b)
+					}
 				}
 				p.B.MustAdm("disconnect", "r0")
 				MustRun(t, time.Minute, "qemu-io", "-f", "raw",
@@ -78,4 +94,21 @@ func TestReplicationWritesReachBothDisks(t *testing.T) {
 			p.CompareDisks(t)
 		})
 	}
+}
+
+// requireDirectIO skips the test where the test directory's filesystem
+// refuses O_DIRECT (tmpfs before Linux 6.6).
+func requireDirectIO(t *testing.T) {
+	t.Helper()
+	f, err := os.OpenFile(filepath.Join(t.TempDir(), "direct"), os.O_CREATE|os.O_RDWR|syscall.O_DIRECT, 0o600)
+	if err != nil {
+		t.Skipf("no O_DIRECT in the test directory: %v", err)
+	}
+	f.Close()
+}
+
+// logCount counts the lines of n's log that contain s.
+func (n *Node) logCount(s string) int {
+	b, _ := os.ReadFile(n.LogPath)
+	return strings.Count(string(b), s)
 }

@@ -232,7 +232,6 @@ func (a *asyncIO) submitQueued() {
 			rest = rest[n:]
 		}
 	}
-	clear(batch) // the slice must not keep control blocks reachable
 	a.subMu.Lock()
 	if a.spare == nil {
 		a.spare = batch[:0]

@@ -236,8 +236,9 @@ func openAsyncIO(t *testing.T, flag int) (string, *asyncIO) {
 	return path, a
 }
 
-// TestAsyncIOBatchesSubmissions releases 32 writers at once on one P: the
-// first to queue yields, the others queue behind it, and far fewer
+// TestAsyncIOBatchesSubmissions releases 32 writers at once on one P.
+// The first, with nothing else in flight, submits alone; the next leads a
+// batch, yields, and the others queue behind it, so that far fewer
 // io_submit calls than writes carry them all. Every write lands.
 func TestAsyncIOBatchesSubmissions(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
@@ -257,7 +258,7 @@ func TestAsyncIOBatchesSubmissions(t *testing.T) {
 			}
 		}()
 	}
-	runtime.Gosched() // let every writer reach the start line
+	runtime.Gosched() // let the writers reach the start line (a late one still queues)
 	before := a.submits.Load()
 	close(start)
 	wg.Wait()

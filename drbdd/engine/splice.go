@@ -201,8 +201,10 @@ func (s *session) readBlock(h protocol.Header) (d protocol.DataHeader, b *rxBloc
 	}
 	if piped {
 		b = &rxBlock{chain: &zerocopy.Chain{}, pool: z.rx, n: int64(n)}
-		// The bytes the receive buffer holds already stay in memory.
-		if k := s.dataRd.Buffered(); k > 0 {
+		// The bytes the receive buffer holds already stay in memory. A
+		// short capped read for the sub-header is followed by an
+		// uncapped one, so the buffer may hold more than this block.
+		if k := min(s.dataRd.Buffered(), n); k > 0 {
 			b.mem, b.pooled = getBuf(k), true
 			io.ReadFull(s.dataRd, b.mem)
 		}
@@ -210,7 +212,9 @@ func (s *session) readBlock(h protocol.Header) (d protocol.DataHeader, b *rxBloc
 	} else {
 		b = &rxBlock{mem: getBuf(n), n: int64(n), pooled: true}
 		k, _ := io.ReadFull(s.dataRd, b.mem[:min(s.dataRd.Buffered(), n)])
-		_, err = io.ReadFull(s.rxLimit.R, b.mem[k:])
+		if _, err = io.ReadFull(s.rxLimit.R, b.mem[k:]); err == io.EOF && k > 0 {
+			err = io.ErrUnexpectedEOF
+		}
 	}
 	if err != nil {
 		b.release()

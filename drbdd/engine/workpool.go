@@ -12,10 +12,12 @@ import (
 // CPU.
 //
 // One goroutine dispatches (the session's receiver) and the same
-// goroutine closes the pool when it ends. Workers are started when no
-// idle one is left and live until the pool is closed; there are never
-// more than the functions running at once, which the session's
-// max-buffers budget bounds.
+// goroutine closes the pool when it ends. A worker is started when no
+// idle one is left, so the workers are at most the most functions that
+// ever ran at once (which the session's max-buffers budget bounds), and
+// a worker that finishes while maxIdleWorkers others wait ends, so that
+// a burst does not leave thousands of goroutines behind for the rest of
+// the session.
 type workPool struct {
 	work chan func()     // unbuffered: a send hands a function to a worker
 	idle atomic.Int32    // workers waiting for work; taken only by dispatch
@@ -39,10 +41,16 @@ func (p *workPool) run(fn func()) {
 	p.work <- fn
 }
 
+// maxIdleWorkers bounds the workers a pool keeps waiting.
+const maxIdleWorkers = 64
+
 func (p *workPool) worker() {
 	defer p.wg.Done()
 	for fn := range p.work {
 		fn()
+		if p.idle.Load() >= maxIdleWorkers {
+			return
+		}
 		p.idle.Add(1)
 	}
 }
