@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"syscall"
 
+	"drbdd/workers"
 	"drbdd/zerocopy"
 )
 
@@ -105,12 +106,13 @@ func serveTransmission(ctx context.Context, c net.Conn, cr *zerocopy.CappedReade
 	// Closing the connection is how a cancelled context stops the reader
 	// (blocked in Read) and the workers (blocked in Write).
 	stop := context.AfterFunc(ctx, func() { c.Close() })
-	// The limiter keeps at most maxN requests in flight, so sends to work
-	// never block.
-	t.work = make(chan *request, maxN)
+	// The limiter keeps at most maxN requests in flight, so handing one
+	// to a worker never blocks, and there are never more workers than
+	// that.
+	t.workers = workers.New(t.serve, maxN, 0, &t.wg)
 	err := t.readLoop()
 	// The reader is done; let the workers finish, then close.
-	close(t.work)
+	t.workers.Close()
 	t.wg.Wait()
 	t.closePipes()
 	stop()
@@ -137,11 +139,12 @@ type transmission struct {
 	tflags uint16
 	logf   func(format string, args ...any)
 
-	lim  limiter        // bounds the requests in flight; shared
-	out  replyWriter    // sends replies; shared
-	work chan *request  // requests for the workers; closed by the reader
-	idle atomic.Int64   // workers waiting for work not yet handed out
-	wg   sync.WaitGroup // counts the workers
+	lim limiter     // bounds the requests in flight; shared
+	out replyWriter // sends replies; shared
+	// workers serve the requests the reader hands out; the reader closes
+	// the pool when it ends.
+	workers *workers.Pool[*request]
+	wg      sync.WaitGroup // counts the workers
 
 	// pipes holds the pipes that large writes are read into when the
 	// backend is a PipeWriter; made on the first such write, closed when
@@ -223,7 +226,7 @@ func (t *transmission) readLoop() error {
 				}
 			}
 		}
-		t.dispatch(r)
+		t.workers.Run(r)
 	}
 }
 
@@ -246,31 +249,6 @@ func (t *transmission) readPayload(p []byte) error {
 	}
 	t.cr.Next = requestHeaderSize
 	return nil
-}
-
-// dispatch hands r to an idle worker, starting a new worker if none is
-// idle. Workers are started lazily and live until the reader ends; there
-// are never more than the requests in flight, so at most MaxInFlight.
-func (t *transmission) dispatch(r *request) {
-	// Only the reader takes idle tokens, so one that is seen can be taken.
-	if t.idle.Load() > 0 {
-		t.idle.Add(-1)
-	} else {
-		t.wg.Add(1)
-		go t.worker()
-	}
-	t.work <- r
-}
-
-// worker serves requests from t.work until it is closed. Each worker is
-// started by dispatch, on behalf of the reader, which closes t.work and
-// waits for the workers before returning.
-func (t *transmission) worker() {
-	defer t.wg.Done()
-	for r := range t.work {
-		t.serve(r)
-		t.idle.Add(1)
-	}
 }
 
 // serve carries out one request and sends its reply. It runs on a worker.

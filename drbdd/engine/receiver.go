@@ -405,7 +405,7 @@ func (s *session) sendState() {
 // of a burst of writes leave in one flush, just before the receiver would
 // block waiting for more input.
 func (s *session) receiver() error {
-	defer s.applies.close()
+	defer s.applies.Close()
 	corked := false
 	defer func() {
 		if corked {
@@ -669,7 +669,7 @@ func (s *session) recvWrite(kind writeKind, h protocol.DataHeader, blk *rxBlock,
 	if inline {
 		apply()
 	} else {
-		s.applies.run(apply)
+		s.applies.Run(apply)
 	}
 	return nil
 }

@@ -15,6 +15,7 @@ import (
 	"drbdd/drbdd/meta"
 	"drbdd/drbdd/replication"
 	"drbdd/protocol"
+	"drbdd/workers"
 	"drbdd/zerocopy"
 )
 
@@ -76,6 +77,11 @@ type recvEpoch struct {
 	flush bool
 }
 
+// maxIdleAppliers bounds the workers that wait to apply the peer's
+// writes, so that a burst of small writes does not leave thousands of
+// goroutines behind for the rest of the session.
+const maxIdleAppliers = 64
+
 // session is one established connection: two sockets and the goroutines
 // that serve them. It ends at the first error; the connection loop then
 // builds a new one.
@@ -110,7 +116,7 @@ type session struct {
 	peerBuffers *byteBudget
 	// applies runs the peer's writes that the receiver does not apply
 	// inline; the receiver dispatches to it and closes it.
-	applies *workPool
+	applies *workers.Pool[func()]
 	ctx     context.Context
 	cancel  context.CancelCauseFunc
 	wg      sync.WaitGroup
@@ -211,7 +217,7 @@ func newSession(c *connection, data, meta *protocol.Conn, dataNC, metaNC net.Con
 	// the ack is sent, so it counts only the others.
 	s.metaW.company = func() bool { return s.r.io.unacked.Load() > 0 }
 	s.ctx, s.cancel = context.WithCancelCause(c.ctx)
-	s.applies = newWorkPool(&s.wg)
+	s.applies = workers.New(func(apply func()) { apply() }, 0, maxIdleAppliers, &s.wg)
 	return s
 }
 

@@ -513,7 +513,7 @@ func (y *syncState) gotData(d protocol.DataHeader, blk *rxBlock) error {
 	if inline {
 		apply()
 	} else {
-		s.applies.run(apply)
+		s.applies.Run(apply)
 	}
 	return nil
 }
