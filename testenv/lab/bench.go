@@ -393,18 +393,9 @@ func (bn *bench) table() {
 				continue
 			}
 			fmt.Fprintf(w, " %-28s", formatResult(r, j.Bandwidth))
-			if j.Bandwidth {
-				vals[t] = r.BW
-			} else {
-				vals[t] = r.IOPS
-			}
+			vals[t] = j.figure(r)
 		}
-		ratio := func(x, y string) string {
-			if vals[y] == 0 || vals[x] == 0 {
-				return "-"
-			}
-			return fmt.Sprintf("%.3f", vals[x]/vals[y])
-		}
+		ratio := func(x, y string) string { return formatRatio(vals[x], vals[y]) }
 		fmt.Fprintf(w, " %-12s", ratio(TargetDrbdd, TargetRaw))
 		if bn.o.KernelDRBD {
 			fmt.Fprintf(w, " %-12s %-12s", ratio(TargetDRBD, TargetRaw), ratio(TargetDrbdd, TargetDRBD))
@@ -434,17 +425,27 @@ func (r *BenchReport) roundRatio(target, ref string, j BenchJob, round int) stri
 		if res.Job != j.Name || res.Round != round {
 			continue
 		}
-		v := res.IOPS
-		if j.Bandwidth {
-			v = res.BW
-		}
 		switch res.Target {
 		case target:
-			x = v
+			x = j.figure(res)
 		case ref:
-			y = v
+			y = j.figure(res)
 		}
 	}
+	return formatRatio(x, y)
+}
+
+// figure is the number of r that the job's ratios compare: bandwidth or
+// IOPS.
+func (j BenchJob) figure(r BenchResult) float64 {
+	if j.Bandwidth {
+		return r.BW
+	}
+	return r.IOPS
+}
+
+// formatRatio prints x/y, or "-" when either was not measured.
+func formatRatio(x, y float64) string {
 	if x == 0 || y == 0 {
 		return "-"
 	}
