@@ -240,11 +240,7 @@ func (t *transmission) readPayload(p []byte) error {
 		_, err := io.ReadFull(t.br, p)
 		return err
 	}
-	k, _ := io.ReadFull(t.br, p[:t.br.Buffered()])
-	if _, err := io.ReadFull(t.cr.R, p[k:]); err != nil {
-		if err == io.EOF && k > 0 {
-			err = io.ErrUnexpectedEOF
-		}
+	if err := t.cr.ReadFullPast(t.br, p); err != nil {
 		return err
 	}
 	t.cr.Next = requestHeaderSize

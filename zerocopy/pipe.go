@@ -18,6 +18,7 @@
 package zerocopy
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -398,4 +399,18 @@ func (c *CappedReader) Read(p []byte) (int, error) {
 	}
 	c.Next = 0
 	return c.R.Read(p)
+}
+
+// ReadFullPast reads len(p) bytes for br, a buffered reader over c: what
+// br holds first, then the rest from c.R directly, past br's buffer, so
+// that a large block is not copied through it. The caller caps br's next
+// fill (Next) as its stream needs. A stream that ends after some of the
+// bytes is an io.ErrUnexpectedEOF.
+func (c *CappedReader) ReadFullPast(br *bufio.Reader, p []byte) error {
+	k, _ := io.ReadFull(br, p[:min(br.Buffered(), len(p))])
+	_, err := io.ReadFull(c.R, p[k:])
+	if err == io.EOF && k > 0 {
+		err = io.ErrUnexpectedEOF
+	}
+	return err
 }

@@ -1,6 +1,7 @@
 package zerocopy
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"io"
@@ -227,5 +228,43 @@ func TestRawConnRefusesPipes(t *testing.T) {
 	defer b.Close()
 	if _, ok := RawConn(a); ok {
 		t.Fatal("net.Pipe has a raw connection")
+	}
+}
+
+// TestReadFullPast reads blocks through a small buffered reader over a
+// capped one: a block partly buffered, one the buffer holds more than
+// (the rest stays buffered for the next read), and a stream that ends
+// in the middle of a block.
+func TestReadFullPast(t *testing.T) {
+	data := make([]byte, 300)
+	for i := range data {
+		data[i] = byte(i)
+	}
+	c := &CappedReader{R: bytes.NewReader(data)}
+	br := bufio.NewReaderSize(c, 16)
+	head := make([]byte, 4)
+	if _, err := io.ReadFull(br, head); err != nil || br.Buffered() != 12 {
+		t.Fatalf("head: %v, %d buffered, want 12", err, br.Buffered())
+	}
+	blk := make([]byte, 100)
+	if err := c.ReadFullPast(br, blk); err != nil || !bytes.Equal(blk, data[4:104]) {
+		t.Fatalf("block past the buffer: %v", err)
+	}
+	if br.Buffered() != 0 {
+		t.Fatalf("%d bytes left in the buffer, want 0", br.Buffered())
+	}
+	if _, err := io.ReadFull(br, head); err != nil || !bytes.Equal(head, data[104:108]) {
+		t.Fatalf("next head: %v", err)
+	}
+	small := make([]byte, 5)
+	if err := c.ReadFullPast(br, small); err != nil || !bytes.Equal(small, data[108:113]) {
+		t.Fatalf("block within the buffer: %v", err)
+	}
+	if want := 16 - 4 - 5; br.Buffered() != want {
+		t.Fatalf("%d bytes left in the buffer, want %d", br.Buffered(), want)
+	}
+	rest := make([]byte, 300)
+	if err := c.ReadFullPast(br, rest); err != io.ErrUnexpectedEOF {
+		t.Fatalf("stream ending mid-block: %v, want io.ErrUnexpectedEOF", err)
 	}
 }

@@ -211,10 +211,7 @@ func (s *session) readBlock(h protocol.Header) (d protocol.DataHeader, b *rxBloc
 		err = b.chain.FillFromConn(z.raw, n-len(b.mem), func() *zerocopy.Pipe { return z.rx.Take(s.ctx.Done()) })
 	} else {
 		b = &rxBlock{mem: getBuf(n), n: int64(n), pooled: true}
-		k, _ := io.ReadFull(s.dataRd, b.mem[:min(s.dataRd.Buffered(), n)])
-		if _, err = io.ReadFull(s.rxLimit.R, b.mem[k:]); err == io.EOF && k > 0 {
-			err = io.ErrUnexpectedEOF
-		}
+		err = s.rxLimit.ReadFullPast(s.dataRd, b.mem)
 	}
 	if err != nil {
 		b.release()
