@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -71,6 +72,98 @@ type BenchReport struct {
 	Results []BenchResult
 	// Setup is how long each replicated target took to be ready.
 	Setup map[string]time.Duration
+	// Costs is what the writer VM charges for the events every request
+	// pays (nil if not measured).
+	Costs *VMCosts
+}
+
+// VMCosts is what a VM charges for the events that decide latency at
+// queue depth 1: a system call, a switch between threads and between
+// processes (`labio probe`), and the network's round trip to the peer
+// (busybox ping's mean).
+type VMCosts struct {
+	Syscall, ThreadRTT, ProcessRTT, PingRTT time.Duration
+}
+
+// String says what the costs mean for a device served from user space.
+func (c VMCosts) String() string {
+	us := func(d time.Duration) string {
+		if d >= time.Millisecond {
+			return fmt.Sprintf("%.2fms", float64(d)/1e6)
+		}
+		return fmt.Sprintf("%.1fµs", float64(d)/1e3)
+	}
+	return fmt.Sprintf("a system call %s; a round trip over a socket pair between two threads %s, between two processes %s "+
+		"(drbdd's requests cross between processes twice, kernel DRBD's never); ping to the peer %s",
+		us(c.Syscall), us(c.ThreadRTT), us(c.ProcessRTT), us(c.PingRTT))
+}
+
+// parseProbe reads `labio probe`'s line into c.
+func (c *VMCosts) parseProbe(out string) error {
+	fields := map[string]*time.Duration{"syscall_ns": &c.Syscall, "thread_rtt_ns": &c.ThreadRTT, "process_rtt_ns": &c.ProcessRTT}
+	seen := 0
+	for _, kv := range strings.Fields(out) {
+		k, v, ok := strings.Cut(kv, "=")
+		d, known := fields[k]
+		if !ok || !known {
+			continue
+		}
+		ns, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || ns <= 0 {
+			return fmt.Errorf("labio probe: bad %s in %q", k, out)
+		}
+		*d = time.Duration(ns)
+		seen++
+	}
+	if seen != len(fields) {
+		return fmt.Errorf("labio probe: want %d figures in %q", len(fields), out)
+	}
+	return nil
+}
+
+// parsePing reads the mean round trip from busybox or iputils ping's
+// summary ("round-trip min/avg/max = 1.463/1.872/2.873 ms", or "rtt
+// min/avg/max/mdev = ...").
+func parsePing(out string) (time.Duration, error) {
+	for line := range strings.Lines(out) {
+		_, stats, ok := strings.Cut(line, " = ")
+		if !ok || !strings.Contains(line, "min/avg/max") {
+			continue
+		}
+		nums, unit, _ := strings.Cut(strings.TrimSpace(stats), " ")
+		parts := strings.Split(nums, "/")
+		if len(parts) < 3 || unit != "ms" {
+			break
+		}
+		avg, err := strconv.ParseFloat(parts[1], 64)
+		if err != nil || avg <= 0 {
+			break
+		}
+		return time.Duration(avg * float64(time.Millisecond)), nil
+	}
+	return 0, fmt.Errorf("no round-trip summary in ping's output %q", out)
+}
+
+// measureCosts runs `labio probe` on the writer and pings the peer.
+func (bn *bench) measureCosts() error {
+	var c VMCosts
+	out, err := MustRun(bn.ctx, bn.a, "labio probe")
+	if err != nil {
+		return err
+	}
+	if err := c.parseProbe(out); err != nil {
+		return err
+	}
+	peer, _, _ := strings.Cut(bn.b.Config().IP, "/")
+	out, err = MustRun(bn.ctx, bn.a, "ping -q -c 20 -i 0.2 "+peer)
+	if err != nil {
+		return fmt.Errorf("ping %s: %w", peer, err)
+	}
+	if c.PingRTT, err = parsePing(out); err != nil {
+		return err
+	}
+	bn.rep.Costs = &c
+	return nil
 }
 
 // Get returns the result of job on target, if measured: over several
@@ -218,6 +311,10 @@ func RunBench(ctx context.Context, l *Lab, o BenchOptions) (*BenchReport, error)
 			return nil, err
 		}
 	}
+	if err := bn.measureCosts(); err != nil {
+		return nil, fmt.Errorf("measuring the VM's costs: %w", err)
+	}
+	bn.logf("%s: %v", bn.a.Name(), bn.rep.Costs)
 	bn.logf("fio: O_DIRECT, libaio, %s region, %v per job, %d round(s); writer %s, peer %s", o.Size, o.Runtime, o.Rounds, bn.a.Name(), bn.b.Name())
 	for bn.round = 1; bn.round <= o.Rounds; bn.round++ {
 		if o.Rounds > 1 {
@@ -401,6 +498,9 @@ func (bn *bench) table() {
 			fmt.Fprintf(w, " %-12s %-12s", ratio(TargetDRBD, TargetRaw), ratio(TargetDrbdd, TargetDRBD))
 		}
 		fmt.Fprintln(w)
+	}
+	if c := bn.rep.Costs; c != nil {
+		fmt.Fprintf(w, "\n%s's costs, measured before the jobs: %v\n", bn.a.Name(), c)
 	}
 	if bn.o.Rounds > 1 {
 		ref, name := TargetRaw, "drbdd/raw"

@@ -255,3 +255,34 @@ func TestBenchReportMedians(t *testing.T) {
 		t.Errorf("median of two: %v, want 2.5", got.IOPS)
 	}
 }
+
+// TestParseCosts checks the reading of `labio probe`'s line and of both
+// pings' summaries, and that malformed output is refused.
+func TestParseCosts(t *testing.T) {
+	var c VMCosts
+	if err := c.parseProbe("syscall_ns=554 thread_rtt_ns=33261 process_rtt_ns=120144\n"); err != nil {
+		t.Fatal(err)
+	}
+	if c.Syscall != 554 || c.ThreadRTT != 33261 || c.ProcessRTT != 120144 {
+		t.Errorf("parseProbe: %+v", c)
+	}
+	for _, bad := range []string{"", "syscall_ns=1 thread_rtt_ns=2", "syscall_ns=x thread_rtt_ns=2 process_rtt_ns=3", "syscall_ns=0 thread_rtt_ns=2 process_rtt_ns=3"} {
+		if err := new(VMCosts).parseProbe(bad); err == nil {
+			t.Errorf("parseProbe accepted %q", bad)
+		}
+	}
+	busybox := "PING 10.99.0.2 (10.99.0.2): 56 data bytes\n\n--- 10.99.0.2 ping statistics ---\n20 packets transmitted, 20 packets received, 0% packet loss\nround-trip min/avg/max = 1.463/1.872/2.873 ms\n"
+	iputils := "--- 127.0.0.1 ping statistics ---\n3 packets transmitted, 3 received, 0% packet loss, time 2051ms\nrtt min/avg/max/mdev = 0.031/0.052/0.071/0.016 ms\n"
+	for out, want := range map[string]time.Duration{busybox: 1872 * time.Microsecond, iputils: 52 * time.Microsecond} {
+		if got, err := parsePing(out); err != nil || got != want {
+			t.Errorf("parsePing = %v, %v; want %v", got, err, want)
+		}
+	}
+	if _, err := parsePing("20 packets transmitted, 0 packets received, 100% packet loss\n"); err == nil {
+		t.Errorf("parsePing accepted output without a summary")
+	}
+	c.PingRTT = 1872 * time.Microsecond
+	if s := c.String(); !strings.Contains(s, "between two processes 120.1µs") || !strings.Contains(s, "ping to the peer 1.87ms") {
+		t.Errorf("VMCosts.String = %q", s)
+	}
+}

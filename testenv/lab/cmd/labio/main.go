@@ -1,12 +1,18 @@
-// Command labio copies a file into another in place with the open flags
-// busybox dd lacks: it runs in the lab's VMs to issue FUA writes, which a
-// filesystem sends for an O_DIRECT|O_DSYNC overwrite of allocated blocks.
+// Command labio runs in the lab's VMs. It copies a file into another in
+// place with the open flags busybox dd lacks, to issue FUA writes, which
+// a filesystem sends for an O_DIRECT|O_DSYNC overwrite of allocated
+// blocks:
 //
 //	labio [-direct] [-dsync] [-sync] [-bs N] SRC DST
 //
 // DST is opened without truncation (created if missing) and written from
 // offset 0 in blocks of -bs bytes (a multiple of 4096 with -direct; the
 // last block is padded with zeros).
+//
+//	labio probe
+//
+// measures what the VM's CPU charges for a system call and for a round
+// trip between two threads and between two processes (see probe.go).
 package main
 
 import (
@@ -20,6 +26,19 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "probe":
+			if err := runProbe(os.Stdout); err != nil {
+				fmt.Fprintf(os.Stderr, "labio probe: %v\n", err)
+				os.Exit(1)
+			}
+			return
+		case probeEchoArg:
+			echoChild()
+			return
+		}
+	}
 	direct := flag.Bool("direct", false, "open DST with O_DIRECT")
 	dsync := flag.Bool("dsync", false, "open DST with O_DSYNC")
 	osync := flag.Bool("sync", false, "open DST with O_SYNC")
