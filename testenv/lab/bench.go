@@ -64,7 +64,11 @@ type BenchResult struct {
 const (
 	TargetRaw   = "raw"
 	TargetDrbdd = "drbdd"
-	TargetDRBD  = "drbd"
+	// TargetDrbddAlone is drbdd's /dev/nbd0 with the peer disconnected
+	// (StandAlone), at queue depth 1 only: what the trip through the
+	// kernel's nbd client and drbdd costs without replication.
+	TargetDrbddAlone = "drbdd-alone"
+	TargetDRBD       = "drbd"
 )
 
 // BenchReport is what RunBench measured.
@@ -253,8 +257,11 @@ func (bn *bench) logf(format string, args ...any) {
 }
 
 // fio runs every job against dev on a.
-func (bn *bench) fio(target, dev string) error {
-	for _, j := range BenchJobs {
+func (bn *bench) fio(target, dev string) error { return bn.fioJobs(target, dev, BenchJobs) }
+
+// fioJobs runs jobs against dev on a.
+func (bn *bench) fioJobs(target, dev string, jobs []BenchJob) error {
+	for _, j := range jobs {
 		cmd := fmt.Sprintf("fio --name=bench --filename=%s --direct=1 --ioengine=libaio --numjobs=1 --size=%s --runtime=%d --time_based --output-format=json %s",
 			dev, bn.o.Size, int(bn.o.Runtime/time.Second), j.Args)
 		out, err := MustRun(bn.ctx, bn.a, cmd)
@@ -267,7 +274,7 @@ func (bn *bench) fio(target, dev string) error {
 		}
 		r := BenchResult{Target: target, Device: dev, Job: j.Name, Round: bn.round, IOPS: iops, BW: bw, Lat: lat}
 		bn.rep.Results = append(bn.rep.Results, r)
-		bn.logf("  %-6s %-11s %-18s %s", target, dev, j.Name, formatResult(r, j.Bandwidth))
+		bn.logf("  %-11s %-11s %-18s %s", target, dev, j.Name, formatResult(r, j.Bandwidth))
 	}
 	return nil
 }
@@ -376,6 +383,12 @@ func (bn *bench) drbdd() error {
 	}
 	st, _ = MustRun(bn.ctx, bn.a, "cat /run/drbdd/status")
 	bn.logf("drbdd after the jobs:\n%s", indent(st, "    "))
+	if _, err := MustRun(bn.ctx, bn.a, "drbdadm disconnect r0 && drbdadm cstate r0 | grep -qx StandAlone"); err != nil {
+		return err
+	}
+	if err := bn.fioJobs(TargetDrbddAlone, "/dev/nbd0", BenchJobs[:1]); err != nil {
+		return err
+	}
 	if _, err := MustRun(bn.ctx, bn.a, "drbdadm secondary r0"); err != nil {
 		return err
 	}
@@ -498,6 +511,12 @@ func (bn *bench) table() {
 			fmt.Fprintf(w, " %-12s %-12s", ratio(TargetDRBD, TargetRaw), ratio(TargetDrbdd, TargetDRBD))
 		}
 		fmt.Fprintln(w)
+	}
+	q1 := BenchJobs[0]
+	if alone, ok := bn.rep.Get(TargetDrbddAlone, q1.Name); ok {
+		raw, _ := bn.rep.Get(TargetRaw, q1.Name)
+		fmt.Fprintf(w, "\ndrbdd without its peer (StandAlone), %s: %s; drbdd alone/raw %s\n",
+			q1.Name, strings.TrimSpace(formatResult(alone, false)), formatRatio(q1.figure(alone), q1.figure(raw)))
 	}
 	if c := bn.rep.Costs; c != nil {
 		fmt.Fprintf(w, "\n%s's costs, measured before the jobs: %v\n", bn.a.Name(), c)

@@ -286,3 +286,27 @@ func TestParseCosts(t *testing.T) {
 		t.Errorf("VMCosts.String = %q", s)
 	}
 }
+
+// TestBenchTable checks the report's table: the ratios against the raw
+// disk and kernel DRBD, the StandAlone line and the VM's costs.
+func TestBenchTable(t *testing.T) {
+	var out strings.Builder
+	bn := &bench{o: BenchOptions{Out: &out, Rounds: 1, KernelDRBD: true}, a: &VM{cfg: VMConfig{Name: "a"}}, rep: &BenchReport{
+		Costs: &VMCosts{Syscall: 500, ThreadRTT: 30 * time.Microsecond, ProcessRTT: 110 * time.Microsecond, PingRTT: 2 * time.Millisecond},
+	}}
+	q1 := BenchJobs[0].Name
+	for target, iops := range map[string]float64{TargetRaw: 4000, TargetDrbdd: 250, TargetDRBD: 300, TargetDrbddAlone: 1000} {
+		bn.rep.Results = append(bn.rep.Results, BenchResult{Target: target, Job: q1, Round: 1, IOPS: iops, Lat: time.Second / time.Duration(iops)})
+	}
+	bn.table()
+	for _, want := range []string{
+		"0.062        0.075        0.833", // drbdd/raw, DRBD/raw, drbdd/DRBD at QD1
+		"drbdd without its peer (StandAlone), 4k randwrite QD1: 1000 IOPS  lat 1ms; drbdd alone/raw 0.250",
+		"a's costs, measured before the jobs: a system call 0.5µs; a round trip over a socket pair between two threads 30.0µs, between two processes 110.0µs",
+		"ping to the peer 2.00ms",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("the table lacks %q:\n%s", want, out.String())
+		}
+	}
+}
