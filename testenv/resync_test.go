@@ -437,3 +437,58 @@ func TestBitmapSurvivesPrimaryCrash(t *testing.T) {
 		t.Fatal("bob lacks writes alice made while it was away")
 	}
 }
+
+// TestDetachAttachResyncsOnlyMissed: the Secondary detaches its disk
+// (drbdadm detach, as for disk maintenance) while the Primary writes,
+// then attaches it again while still connected. The disk's flags say
+// UpToDate, but it missed those writes: the Primary must start a new
+// data generation when the peer's disk goes away, and the attach must
+// re-run the sync handshake, which resyncs exactly the blocks written
+// meanwhile. Taken as UpToDate without a resync, the disk would lose
+// every acknowledged write of that time in a failover.
+func TestDetachAttachResyncsOnlyMissed(t *testing.T) {
+	RequireTools(t, "nbdsh")
+	p := NewPair(t, PairOptions{})
+	p.Up(t)
+	p.InitialSync(t, p.A)
+
+	markA := logLen(p.A)
+	p.B.MustAdm("detach", "r0")
+	p.B.WaitState("dstate", "r0", "Diskless/UpToDate", 30*time.Second)
+	p.A.WaitState("dstate", "r0", "UpToDate/Diskless", 30*time.Second)
+	if cs := admOut(p.A, "cstate"); cs != "Connected" {
+		t.Fatalf("alice cstate %q after bob detached, want Connected", cs)
+	}
+	waitLogAfter(t, p.A, markA, `new current UUID \S+ \(lost the peer's copy of the data\)`, 30*time.Second)
+
+	const chunkSize = 64 << 10
+	const count = 128
+	const dirtyKiB = count * chunkSize >> 10
+	chunks := scatterChunks(0x5c, count, chunkSize, p.DataSize(t))
+	nbdshWrite(t, p.URI[p.A], chunks)
+	if oos := settledCounter(t, p.A, "oos"); oos < dirtyKiB || oos > dirtyKiB+64 {
+		t.Fatalf("alice oos:%d KiB after writing %d KiB with bob diskless", oos, dirtyKiB)
+	}
+	ns0 := settledCounter(t, p.A, "ns")
+
+	markB := logLen(p.B)
+	p.B.MustAdm("attach", "r0")
+	m := waitLogAfter(t, p.B, markB, `Began resync as SyncTarget \(will sync (\d+) KB`, time.Minute)
+	if kb, _ := strconv.ParseInt(m[1], 10, 64); kb != dirtyKiB {
+		t.Errorf("bob will sync %d KB, want the %d written while it was detached", kb, dirtyKiB)
+	}
+	waitLogAfter(t, p.B, markB, `Resync done`, time.Minute)
+	p.waitSyncedStrict(t, time.Minute)
+	if sent := settledCounter(t, p.A, "ns") - ns0; sent < dirtyKiB || sent > dirtyKiB*105/100+64 {
+		t.Errorf("resync sent %d KiB for %d KiB dirty", sent, dirtyKiB)
+	}
+	if oos := settledCounter(t, p.A, "oos"); oos != 0 {
+		t.Errorf("alice oos:%d after the resync", oos)
+	}
+
+	p.downBoth(t)
+	p.CompareDisks(t)
+	if !diskHolds(t, p.Disk[p.B], chunks) {
+		t.Fatal("bob's backing file lacks the data written while it was detached")
+	}
+}

@@ -237,6 +237,15 @@ func (r *Resource) Attach(ctx context.Context, dc netlink.DiskConf) error {
 		if err := r.setState(ns, false); err != nil {
 			return err
 		}
+		if s := r.sess.Load(); s != nil {
+			// The peer must not take the disk for what its flags say (it
+			// may have missed writes while detached) before the sync
+			// handshake has compared generations: end the session first,
+			// so that no state is sent on it, and let the reconnect's
+			// handshake decide what to resync.
+			r.logf("%s: disk attached while connected: reconnecting for the sync handshake", s.c.peerName)
+			s.cancel(errRehandshake)
+		}
 		ld, err := openDisk(dc, &r.io)
 		if err != nil {
 			ns.Disk = replication.Diskless

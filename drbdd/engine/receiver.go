@@ -587,12 +587,6 @@ func (s *session) recvWrite(kind writeKind, h protocol.DataHeader, blk *rxBlock,
 	defer func() { blk.release() }()
 	ld := r.ldev.Load()
 	off := int64(h.Sector) * 512
-	if ld == nil {
-		return s.sendMeta(protocol.PNegAck, &protocol.BlockAck{Sector: h.Sector, BlockID: h.BlockID, BlkSize: uint32(n), SeqNum: h.SeqNum})
-	}
-	if n < 0 || off < 0 || off+n > ld.size {
-		return protoErr("write of %d bytes at sector %d beyond the end of the device (%d bytes)", n, h.Sector, ld.size)
-	}
 	if n == 0 {
 		// An empty flush: it asks for a disk flush at the epoch's barrier.
 		if h.DPFlags&protocol.DPFlush != 0 {
@@ -609,6 +603,13 @@ func (s *session) recvWrite(kind writeKind, h protocol.DataHeader, blk *rxBlock,
 			return s.sendMeta(cmd, &protocol.BlockAck{Sector: h.Sector, BlockID: h.BlockID, SeqNum: h.SeqNum})
 		}
 		return nil
+	}
+	if ld == nil {
+		// Diskless (detached): the Primary marks the block out of sync.
+		return s.sendMeta(protocol.PNegAck, &protocol.BlockAck{Sector: h.Sector, BlockID: h.BlockID, BlkSize: uint32(n), SeqNum: h.SeqNum})
+	}
+	if n < 0 || off < 0 || off+n > ld.size {
+		return protoErr("write of %d bytes at sector %d beyond the end of the device (%d bytes)", n, h.Sector, ld.size)
 	}
 	if st := r.State(); st.Role == replication.Primary && !s.c.conf.AllowTwoPrimaries {
 		return protoErr("peer sent a write while I am Primary")
@@ -779,7 +780,8 @@ func (s *session) recvState(peer protocol.State) error {
 	r := s.r
 	s.peerState.Store(peer.Pack())
 	return r.act(s.ctx, func() error {
-		ns := r.State()
+		os := r.State()
+		ns := os
 		ns.Peer = peer.Peer
 		ns.PDsk = peer.PDsk
 		ns.PeerIsp = peer.PeerISP
@@ -795,7 +797,17 @@ func (s *session) recvState(peer protocol.State) error {
 		if !s.c.conf.AllowTwoPrimaries && ns.Role == replication.Primary && ns.Peer == replication.Primary {
 			return fmt.Errorf("%w: both nodes are Primary", errStandAlone)
 		}
-		return r.setState(ns, true)
+		if err := r.setState(ns, true); err != nil {
+			return err
+		}
+		// The peer detached (or lost) its disk while connected: what is
+		// written from now on is in our bitmap only, under a new
+		// generation, so that its next attach resyncs exactly that.
+		generated, err := r.peerDataLost(os, ns)
+		if generated {
+			s.sendUUIDs(0)
+		}
+		return err
 	})
 }
 

@@ -194,7 +194,7 @@ func (r *Resource) setState(ns replication.State, hard bool) error {
 			r.logf("meta data flags update: %v", err)
 		}
 	}
-	if sess := r.sess.Load(); sess != nil && (os.Role != ns.Role || os.Disk != ns.Disk || os.Conn != ns.Conn || os.UserIsp != ns.UserIsp) {
+	if sess := r.sess.Load(); sess != nil && sess.ctx.Err() == nil && (os.Role != ns.Role || os.Disk != ns.Disk || os.Conn != ns.Conn || os.UserIsp != ns.UserIsp) {
 		sess.sendState()
 	}
 	msg := fmt.Sprintf("%s: %s", r.name, ns.Diff(os))

@@ -369,28 +369,45 @@ func (s *session) lostPeer() {
 		if err := r.setState(ns, true); err != nil {
 			return err
 		}
-		ld := r.ldev.Load()
-		if ld == nil {
-			return nil
-		}
-		peerHadData := os.PDsk >= replication.Inconsistent && os.PDsk != replication.DUnknown && os.PDsk != replication.Outdated
-		if peerHadData {
-			var generated bool
-			err := ld.updateUUIDs(func(u *meta.UUIDs) {
-				// DRBD applies this rule to the new state, in which the
-				// peer's role is already unknown: only a Primary (or a node
-				// still connected to a Primary whose disk failed) starts a
-				// new generation. A Secondary that lost its Primary must
-				// not, or the reconnect would look like a split brain.
-				generated = u.LostPeerData(randomUUID(), ns.Role == replication.Primary, ns.Peer == replication.Primary, ns.Disk >= replication.UpToDate)
-			})
-			if generated {
-				r.logf("new current UUID %s (lost the peer's copy of the data)", ld.uuids())
-			}
-			return err
-		}
-		return nil
+		_, err := r.peerDataLost(os, ns)
+		return err
 	})
+}
+
+// peerDataLost applies DRBD's rule for losing the peer's copy of the data
+// (after_state_ch, "lost contact to peer's copy of the data") to the
+// change from os to ns: when the peer's disk held data and no longer
+// does (the connection was lost, or the peer detached its disk), and this
+// node or the peer is Primary with this node's data UpToDate, a new
+// current UUID starts a generation the peer does not have. The blocks
+// written from then on are in the bitmap, and the next sync handshake
+// resyncs exactly those. It reports whether a new UUID was generated.
+// Runs on the owner goroutine.
+func (r *Resource) peerDataLost(os, ns replication.State) (bool, error) {
+	ld := r.ldev.Load()
+	if ld == nil {
+		return false, nil
+	}
+	hadData := func(d replication.DiskState) bool {
+		return d >= replication.Inconsistent && d != replication.DUnknown && d != replication.Outdated
+	}
+	if !hadData(os.PDsk) || hadData(ns.PDsk) {
+		return false, nil
+	}
+	var generated bool
+	err := ld.updateUUIDs(func(u *meta.UUIDs) {
+		// DRBD applies this rule to the new state, in which the peer's
+		// role is already unknown when the connection was lost: only a
+		// Primary (or a node still connected to a Primary whose disk
+		// failed) starts a new generation. A Secondary that lost its
+		// Primary must not, or the reconnect would look like a split
+		// brain.
+		generated = u.LostPeerData(randomUUID(), ns.Role == replication.Primary, ns.Peer == replication.Primary, ns.Disk >= replication.UpToDate)
+	})
+	if generated {
+		r.logf("new current UUID %s (lost the peer's copy of the data)", ld.uuids())
+	}
+	return generated, err
 }
 
 // sendMeta writes one packet on the meta socket.
