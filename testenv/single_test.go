@@ -69,6 +69,15 @@ func TestSingleNodeLifecycle(t *testing.T) {
 	if got := strings.TrimSpace(n.MustAdm("role", "r0")); got != "Primary/Unknown" {
 		t.Fatalf("role %q", got)
 	}
+	// drbdd serves a Primary from its own disk only: detaching it is
+	// refused rather than turning every request into an error.
+	out, err = n.Adm("detach", "r0")
+	if err == nil || !strings.Contains(out, "refusing to detach the disk of a Primary") {
+		t.Fatalf("detach on a Primary: err=%v out=%q", err, out)
+	}
+	if got := strings.TrimSpace(n.MustAdm("dstate", "r0")); got != "UpToDate/DUnknown" {
+		t.Fatalf("dstate %q after the refused detach", got)
+	}
 
 	info := MustRun(t, 30*time.Second, "nbdinfo", "--json", uri)
 	for _, want := range []string{`"export-size": 66797568`, `"can_flush": true`, `"can_fua": true`, `"can_trim": true`, `"can_multi_conn": true`} {

@@ -403,9 +403,19 @@ func (r *Resource) secondary() error {
 	return nil
 }
 
+// errDetachPrimary refuses to detach a Primary's disk: a Primary serves
+// its device from its own disk only, so the device's users would get
+// nothing but errors. A forced detach, and on-io-error's, go ahead.
+var errDetachPrimary = errors.New("refusing to detach the disk of a Primary: drbdd does not serve a Primary diskless (demote it first, or detach --force)")
+
 // Detach releases the local disk (DRBD_ADM_DETACH).
 func (r *Resource) Detach(ctx context.Context, force bool) error {
-	return r.act(ctx, func() error { return r.detach(force) })
+	return r.act(ctx, func() error {
+		if !force && r.ldev.Load() != nil && r.State().Role == replication.Primary {
+			return fmt.Errorf("%s: %w", r.name, errDetachPrimary)
+		}
+		return r.detach(force)
+	})
 }
 
 func (r *Resource) detach(force bool) error {
