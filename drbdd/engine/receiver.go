@@ -800,9 +800,16 @@ func (s *session) recvState(peer protocol.State) error {
 		if err := r.setState(ns, true); err != nil {
 			return err
 		}
-		// The peer detached (or lost) its disk while connected: what is
-		// written from now on is in our bitmap only, under a new
-		// generation, so that its next attach resyncs exactly that.
+		// The peer detached (or lost) its disk while connected: what the
+		// Primary writes from now on is in its bitmap only, under a new
+		// generation, so that the peer's next attach resyncs exactly
+		// that. DRBD applies the rule on a Secondary too, for the writes
+		// of a diskless Primary; drbdd's Primary does not run diskless,
+		// and a new generation there would only make the Primary's
+		// re-attach look like a resync towards a Primary.
+		if ns.Role != replication.Primary {
+			return nil
+		}
 		generated, err := r.peerDataLost(os, ns)
 		if generated {
 			s.sendUUIDs(0)
