@@ -446,11 +446,28 @@ func TestBitmapSurvivesPrimaryCrash(t *testing.T) {
 // re-run the sync handshake, which resyncs exactly the blocks written
 // meanwhile. Taken as UpToDate without a resync, the disk would lose
 // every acknowledged write of that time in a failover.
+//
+// In the second case the Primary is promoted only after the Secondary
+// detached, so the new generation starts at the promotion (DRBD's
+// drbd_set_role: the peer's disk is unreachable).
 func TestDetachAttachResyncsOnlyMissed(t *testing.T) {
 	RequireTools(t, "nbdsh")
+	for _, promoteAfter := range []bool{false, true} {
+		name := "detach-under-primary"
+		if promoteAfter {
+			name = "promote-after-detach"
+		}
+		t.Run(name, func(t *testing.T) { testDetachAttach(t, promoteAfter) })
+	}
+}
+
+func testDetachAttach(t *testing.T, promoteAfter bool) {
 	p := NewPair(t, PairOptions{})
 	p.Up(t)
 	p.InitialSync(t, p.A)
+	if promoteAfter {
+		demote(t, p.A)
+	}
 
 	markA := logLen(p.A)
 	p.B.MustAdm("detach", "r0")
@@ -459,7 +476,12 @@ func TestDetachAttachResyncsOnlyMissed(t *testing.T) {
 	if cs := admOut(p.A, "cstate"); cs != "Connected" {
 		t.Fatalf("alice cstate %q after bob detached, want Connected", cs)
 	}
-	waitLogAfter(t, p.A, markA, `new current UUID \S+ \(lost the peer's copy of the data\)`, 30*time.Second)
+	why := "lost the peer's copy of the data"
+	if promoteAfter {
+		p.A.MustAdm("primary", "r0")
+		why = "promoted without the peer's disk"
+	}
+	waitLogAfter(t, p.A, markA, `new current UUID \S+ \(`+regexp.QuoteMeta(why)+`\)`, 30*time.Second)
 
 	const chunkSize = 64 << 10
 	const count = 128

@@ -287,8 +287,9 @@ func (r *Resource) onIOErrorPolicy() string {
 }
 
 // promoted updates UUIDs and flags after promotion.
-func (ld *localDisk) promoted(forced, disconnected bool) error {
-	return ld.updateUUIDs(func(u *meta.UUIDs) { u.Promote(randomUUID(), !disconnected, forced) })
+func (ld *localDisk) promoted(forced, peerDiskReachable bool) (generated bool, err error) {
+	err = ld.updateUUIDs(func(u *meta.UUIDs) { generated = u.Promote(randomUUID(), peerDiskReachable, forced) })
+	return generated, err
 }
 
 // demoted clears the Primary bit of the current UUID.

@@ -360,8 +360,13 @@ func (r *Resource) promote(force bool) error {
 		return err
 	}
 	if ld := r.ldev.Load(); ld != nil {
-		if err := ld.promoted(forced, ns.Conn < replication.Connected); err != nil {
+		// DRBD's drbd_set_role: the peer's disk counts as unreachable when
+		// not connected, and when connected to a peer that has none.
+		reachable := ns.Conn >= replication.Connected && ns.PDsk > replication.Failed
+		if generated, err := ld.promoted(forced, reachable); err != nil {
 			r.logf("meta data update on promotion: %v", err)
+		} else if generated && !forced {
+			r.logf("new current UUID %s (promoted without the peer's disk)", ld.uuids())
 		}
 		if forced {
 			// The forced UpToDate is a new generation: re-run the sync
