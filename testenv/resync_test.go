@@ -1,7 +1,11 @@
 package testenv
 
 import (
+	"bytes"
+	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -478,6 +482,10 @@ func testDetachAttach(t *testing.T, promoteAfter bool) {
 	}
 	why := "lost the peer's copy of the data"
 	if promoteAfter {
+		// Without a disk bob could serve nothing as Primary.
+		if out, err := p.B.Adm("primary", "r0"); err == nil || !strings.Contains(out, "refusing to promote without a local disk") {
+			t.Fatalf("primary on diskless bob: err=%v out=%q", err, out)
+		}
 		p.A.MustAdm("primary", "r0")
 		why = "promoted without the peer's disk"
 	}
@@ -512,5 +520,74 @@ func testDetachAttach(t *testing.T, promoteAfter bool) {
 	p.CompareDisks(t)
 	if !diskHolds(t, p.Disk[p.B], chunks) {
 		t.Fatal("bob's backing file lacks the data written while it was detached")
+	}
+}
+
+// TestPrimarySyncTargetNeedsItsSource: a Primary whose own disk is
+// Inconsistent (invalidated, resyncing as SyncTarget) has UpToDate data
+// only through its peer. Once the peer is gone its writes must fail:
+// acknowledged on the Inconsistent disk alone, they would be overwritten
+// with the peer's older blocks when the resync resumes. Writes made
+// while the peer was there, and after it is back, survive.
+func TestPrimarySyncTargetNeedsItsSource(t *testing.T) {
+	RequireTools(t, "nbdsh")
+	p := NewPair(t, PairOptions{Disk: slowResync})
+	upSkipInitialSync(t, p)
+	p.A.MustAdm("primary", "r0")
+	p.A.MustAdm("invalidate", "r0")
+	p.A.WaitState("cstate", "r0", "SyncTarget", 20*time.Second)
+	span := p.DataSize(t)
+	before := scatterChunks(0x31, 8, 64<<10, span)
+	nbdshWrite(t, p.URI[p.A], before)
+
+	// A client connected while the peer is there (a new one would be
+	// refused at the handshake) writes again once it is gone.
+	ready, goOn := filepath.Join(t.TempDir(), "ready"), filepath.Join(t.TempDir(), "go")
+	script := fmt.Sprintf(`import os, time
+h.pwrite(b'\x5a' * 4096, 1048576)
+open(%q, 'w').close()
+while not os.path.exists(%q):
+    time.sleep(0.05)
+try:
+    h.pwrite(b'\x5b' * 4096, 2097152)
+    h.flush()
+    print('accepted')
+except Exception as e:
+    print('refused:', e)
+`, ready, goOn)
+	cmd := NbdshCmd("-u", p.URI[p.A], "-c", script)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	WaitFor(t, time.Minute, "nbdsh's first write", func() bool { _, err := os.Stat(ready); return err == nil })
+	p.B.MustAdm("disconnect", "r0")
+	p.A.WaitState("dstate", "r0", "Inconsistent/DUnknown", 20*time.Second)
+	os.WriteFile(goOn, nil, 0o644)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("nbdsh: %v\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), "refused:") {
+		t.Fatalf("a write to a Primary with no UpToDate data reachable was not refused: %s", out.String())
+	}
+	if !strings.Contains(daemonLog(p.A), "no access to UpToDate data") {
+		t.Errorf("alice did not log why the write failed")
+	}
+
+	p.B.MustAdm("connect", "r0")
+	p.waitSyncedStrict(t, 2*time.Minute)
+	// Next to the first chunks, which they must not disturb.
+	var after []wchunk
+	for _, c := range before {
+		off := c.off + 128<<10
+		after = append(after, wchunk{off, tagPattern(0x32, off, 64<<10)})
+	}
+	nbdshWrite(t, p.URI[p.A], after)
+	demote(t, p.A)
+	p.downBoth(t)
+	p.CompareDisks(t)
+	if !diskHolds(t, p.Disk[p.A], before) || !diskHolds(t, p.Disk[p.A], after) {
+		t.Fatal("alice lacks writes acknowledged while the peer was reachable")
 	}
 }

@@ -248,8 +248,23 @@ func (r *Resource) beginAppWrite() (*localDisk, error) {
 		r.io.writeGate.RUnlock()
 		return nil, fmt.Errorf("%s: no local disk", r.name)
 	}
+	if st := r.State(); !r.upToDateReachable(st) {
+		r.io.gate.RUnlock()
+		r.io.writeGate.RUnlock()
+		return nil, fmt.Errorf("%s: %w (local disk %s, peer %s)", r.name, errNoUpToDateData, st.Disk, st.PDsk)
+	}
 	r.io.appPending.Add(1)
 	return ld, nil
+}
+
+// upToDateReachable reports whether a write in state st reaches UpToDate
+// data: the local disk's, or a connected peer's. A Primary whose disk is
+// Inconsistent (a promoted SyncTarget) that has lost its SyncSource
+// must fail writes, as DRBD does: acknowledged on its disk alone, a
+// write would be overwritten by the peer's older copy at the next
+// resync, since the resync direction comes from the generations.
+func (r *Resource) upToDateReachable(st replication.State) bool {
+	return st.Disk >= replication.UpToDate || (st.PDsk == replication.UpToDate && r.sess.Load() != nil)
 }
 
 // endAppWrite ends what beginAppWrite admitted.
@@ -371,11 +386,13 @@ func (r *Resource) writeDone(ld *localDisk, s *session, q *peerReq, off, length 
 	r.io.diskWrite.Add(uint64(length))
 	if q == nil {
 		ld.markOutOfSync(off, length)
-		return nil
+		return r.localOnlyWrite(off)
 	}
 	<-q.done
+	var err2 error
 	if q.err != nil {
 		ld.markOutOfSync(off, length)
+		err2 = r.localOnlyWrite(off)
 	} else {
 		// Both sides hold these bytes now.
 		ld.clearFullBlocks(off, length)
@@ -384,6 +401,18 @@ func (r *Resource) writeDone(ld *localDisk, s *session, q *peerReq, off, length 
 		}
 	}
 	s.writeCompleted()
+	return err2
+}
+
+// localOnlyWrite is the outcome of a write that reached the local disk
+// but not the peer's: success while the local disk is UpToDate (the
+// block is resynced to the peer later), and an error when it is not, for
+// then the next resync overwrites the block with the peer's copy (see
+// upToDateReachable).
+func (r *Resource) localOnlyWrite(off int64) error {
+	if st := r.State(); st.Disk < replication.UpToDate {
+		return fmt.Errorf("%s: write at %d reached only the local %s disk: %w", r.name, off, st.Disk, errNoUpToDateData)
+	}
 	return nil
 }
 

@@ -334,9 +334,14 @@ func (r *Resource) promotion(force bool) (*replication.State, bool, error) {
 	if os.Role == replication.Primary {
 		return nil, false, nil
 	}
+	if r.ldev.Load() == nil {
+		// DRBD would serve the device from the peer; drbdd serves a
+		// Primary from its own disk only (see errDetachPrimary).
+		return nil, false, fmt.Errorf("%s: %w", r.name, errPromoteDiskless)
+	}
 	ns := os
 	forced := false
-	if force && r.ldev.Load() != nil && ns.Disk >= replication.Inconsistent && ns.Disk < replication.UpToDate && ns.PDsk < replication.UpToDate {
+	if force && ns.Disk >= replication.Inconsistent && ns.Disk < replication.UpToDate && ns.PDsk < replication.UpToDate {
 		ns.Disk = replication.UpToDate
 		forced = true
 	}
@@ -412,6 +417,10 @@ func (r *Resource) secondary() error {
 // its device from its own disk only, so the device's users would get
 // nothing but errors. A forced detach, and on-io-error's, go ahead.
 var errDetachPrimary = errors.New("refusing to detach the disk of a Primary: drbdd does not serve a Primary diskless (demote it first, or detach --force)")
+
+// errPromoteDiskless refuses to promote a node without a disk, for the
+// reason of errDetachPrimary: its device could serve nothing.
+var errPromoteDiskless = errors.New("refusing to promote without a local disk: drbdd does not serve a Primary diskless (attach first)")
 
 // Detach releases the local disk (DRBD_ADM_DETACH).
 func (r *Resource) Detach(ctx context.Context, force bool) error {
