@@ -69,14 +69,17 @@ func (ld *localDisk) closeDevices() {
 	}
 }
 
-// close writes clean metadata and releases the devices.
+// close makes the data durable, writes clean metadata and releases the
+// devices. The data goes first: metadata marked clean must not describe
+// writes that a power loss could still take (with external metadata the
+// two are separate devices).
 func (ld *localDisk) close() error {
+	err := ld.dev.Sync()
 	ld.mu.Lock()
-	err := ld.md.Close()
-	ld.mu.Unlock()
-	if e := ld.dev.Sync(); err == nil {
+	if e := ld.md.Close(); err == nil {
 		err = e
 	}
+	ld.mu.Unlock()
 	ld.closeDevices()
 	return err
 }

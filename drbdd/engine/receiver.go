@@ -760,7 +760,12 @@ func (s *session) recvEpochDone(e *recvEpoch, ld *localDisk) {
 		return
 	}
 	// Every write of these epochs is done (drained); a flush follows when
-	// a client asked for one or disk-flushes is set.
+	// a client asked for one or disk-flushes is set. A disk being
+	// detached is flushed all the same: the epochs' writes went to it.
+	// Once it is closed (and so synced), no disk is left to flush.
+	if ld == nil {
+		ld = s.r.retiring.Load()
+	}
 	if ld != nil && flush {
 		if err := ld.dev.Sync(); err != nil {
 			s.r.localIOError("flush", 0, err)

@@ -69,6 +69,10 @@ type Resource struct {
 	// ldev is the attached local disk, nil while Diskless; stored on the
 	// owner goroutine, loaded by the I/O path.
 	ldev atomic.Pointer[localDisk]
+	// retiring is the disk a detach is closing, from when ldev stops
+	// naming it until it is synced and closed: a barrier that completes
+	// in between still flushes it before it is acknowledged.
+	retiring atomic.Pointer[localDisk]
 	// onIOError is the attached disk's on-io-error policy, read by the
 	// I/O path.
 	onIOError atomic.Value
@@ -442,12 +446,14 @@ func (r *Resource) detach(force bool) error {
 	if err := r.setState(ns, force); err != nil {
 		return err
 	}
+	r.retiring.Store(ld)
 	r.ldev.Store(nil)
 	// New requests now fail fast; wait for the ones in flight.
 	r.waitOwner(r.io.drain)
 	if err := ld.close(); err != nil {
 		r.logf("detach: %v", err)
 	}
+	r.retiring.Store(nil)
 	r.diskConf = nil
 	return nil
 }
