@@ -389,10 +389,10 @@ func (r *Resource) writeDone(ld *localDisk, s *session, q *peerReq, off, length 
 		return r.localOnlyWrite(off)
 	}
 	<-q.done
-	var err2 error
+	var outcome error
 	if q.err != nil {
 		ld.markOutOfSync(off, length)
-		err2 = r.localOnlyWrite(off)
+		outcome = r.localOnlyWrite(off)
 	} else {
 		// Both sides hold these bytes now.
 		ld.clearFullBlocks(off, length)
@@ -401,7 +401,7 @@ func (r *Resource) writeDone(ld *localDisk, s *session, q *peerReq, off, length 
 		}
 	}
 	s.writeCompleted()
-	return err2
+	return outcome
 }
 
 // localOnlyWrite is the outcome of a write that reached the local disk
