@@ -170,6 +170,19 @@ func waitLogAfter(t testing.TB, n *Node, mark int, re string, timeout time.Durat
 	return m
 }
 
+// checkResyncSent checks that n sent no less than the dirtyKiB a resync
+// had to move since its "ns" counter read ns0, and at most 5% (and one
+// 64 KiB request) more.
+func checkResyncSent(t testing.TB, n *Node, ns0, dirtyKiB int64) {
+	t.Helper()
+	ns1 := settledCounter(t, n, "ns")
+	sent := ns1 - ns0
+	t.Logf("resync of %s dirty: %s sent %s (ns %d -> %d)", kibToMiB(dirtyKiB), n.Name, kibToMiB(sent), ns0, ns1)
+	if limit := dirtyKiB*105/100 + 64; sent < dirtyKiB || sent > limit {
+		t.Errorf("resync sent %d KiB for %d KiB dirty; want within [%d, %d]", sent, dirtyKiB, dirtyKiB, limit)
+	}
+}
+
 // state returns `drbdadm <what> r0`, trimmed.
 func admOut(n *Node, what string) string {
 	out, _ := n.Adm(what, "r0")

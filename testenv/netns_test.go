@@ -251,10 +251,7 @@ func TestNetworkCutResyncsOnlyDirty(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.waitSyncedStrict(t, time.Minute)
-	sent := settledCounter(t, p.A, "ns") - ns0
-	if sent < dirtyKiB || sent > dirtyKiB*105/100+64 {
-		t.Errorf("resync after the cut sent %d KiB for %d KiB dirty", sent, dirtyKiB)
-	}
+	checkResyncSent(t, p.A, ns0, dirtyKiB)
 	demote(t, p.A)
 	p.downBoth(t)
 	p.CompareDisks(t)

@@ -66,12 +66,7 @@ func testResyncOnlyDirty(t *testing.T, on string) {
 
 	cut.MustAdm("connect", "r0")
 	p.waitSyncedStrict(t, time.Minute)
-	ns1 := settledCounter(t, p.A, "ns")
-	sent := ns1 - ns0
-	t.Logf("resync of %s dirty: alice sent %s (ns %d -> %d)", kibToMiB(dirtyKiB), kibToMiB(sent), ns0, ns1)
-	if sent < dirtyKiB || sent > dirtyKiB*105/100+64 {
-		t.Errorf("resync sent %d KiB for %d KiB dirty; want within [%d, %d]", sent, dirtyKiB, dirtyKiB, dirtyKiB*105/100+64)
-	}
+	checkResyncSent(t, p.A, ns0, dirtyKiB)
 	if m := regexp.MustCompile(`Began resync as SyncSource \(will sync (\d+) KB`).FindStringSubmatch(logAfter(p.A, mark)); m == nil {
 		t.Errorf("alice did not log the start of a resync as SyncSource:\n%s", logAfter(p.A, mark))
 	} else if kb, _ := strconv.ParseInt(m[1], 10, 64); kb != dirtyKiB {
@@ -509,9 +504,7 @@ func testDetachAttach(t *testing.T, promoteAfter bool) {
 	}
 	waitLogAfter(t, p.B, markB, `Resync done`, time.Minute)
 	p.waitSyncedStrict(t, time.Minute)
-	if sent := settledCounter(t, p.A, "ns") - ns0; sent < dirtyKiB || sent > dirtyKiB*105/100+64 {
-		t.Errorf("resync sent %d KiB for %d KiB dirty", sent, dirtyKiB)
-	}
+	checkResyncSent(t, p.A, ns0, dirtyKiB)
 	if oos := settledCounter(t, p.A, "oos"); oos != 0 {
 		t.Errorf("alice oos:%d after the resync", oos)
 	}
