@@ -91,7 +91,7 @@ type VMCosts struct {
 
 // String says what the costs mean for a device served from user space.
 func (c VMCosts) String() string {
-	us := func(d time.Duration) string {
+	short := func(d time.Duration) string {
 		if d >= time.Millisecond {
 			return fmt.Sprintf("%.2fms", float64(d)/1e6)
 		}
@@ -99,7 +99,7 @@ func (c VMCosts) String() string {
 	}
 	return fmt.Sprintf("a system call %s; a round trip over a socket pair between two threads %s, between two processes %s "+
 		"(drbdd's requests cross between processes twice, kernel DRBD's never); ping to the peer %s",
-		us(c.Syscall), us(c.ThreadRTT), us(c.ProcessRTT), us(c.PingRTT))
+		short(c.Syscall), short(c.ThreadRTT), short(c.ProcessRTT), short(c.PingRTT))
 }
 
 // parseProbe reads `labio probe`'s line into c.
