@@ -69,8 +69,9 @@ func TestSingleNodeLifecycle(t *testing.T) {
 	if got := strings.TrimSpace(n.MustAdm("role", "r0")); got != "Primary/Unknown" {
 		t.Fatalf("role %q", got)
 	}
-	// drbdd serves a Primary from its own disk only: detaching it is
-	// refused rather than turning every request into an error.
+	// Without a connected peer holding UpToDate data, a Primary that
+	// detached its disk would have no data left: refused rather than
+	// turning every request into an error.
 	out, err = n.Adm("detach", "r0")
 	if err == nil || !strings.Contains(out, "refusing to detach the disk of a Primary") {
 		t.Fatalf("detach on a Primary: err=%v out=%q", err, out)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"drbdd/drbdd/bdev"
 	"drbdd/drbdd/meta"
@@ -41,7 +42,7 @@ func openDisk(dc netlink.DiskConf, io *ioState) (*localDisk, error) {
 	if err != nil {
 		return nil, coded(netlink.ErrOpenDisk, err)
 	}
-	ld := &localDisk{dev: dev, mdDev: dev, io: io}
+	ld := &localDisk{dev: withDiskFaults(dev, dc.BackingDev), mdDev: dev, io: io}
 	if !dc.MetaInternal {
 		// Metadata I/O is small and synced; the page cache is fine.
 		if ld.mdDev, err = bdev.OpenFile(dc.MetaDev, bdev.DirectOff); err != nil {
@@ -64,7 +65,7 @@ func openDisk(dc netlink.DiskConf, io *ioState) (*localDisk, error) {
 
 func (ld *localDisk) closeDevices() {
 	ld.dev.Close()
-	if ld.mdDev != ld.dev {
+	if ld.mdDev != unwrapFaults(ld.dev) {
 		ld.mdDev.Close()
 	}
 }
@@ -240,7 +241,14 @@ func (r *Resource) Attach(ctx context.Context, dc netlink.DiskConf) error {
 		if err := r.setState(ns, false); err != nil {
 			return err
 		}
-		if s := r.sess.Load(); s != nil {
+		s := r.sess.Load()
+		primary := ns.Role == replication.Primary
+		if s != nil && primary {
+			// A diskless Primary serving its peer's data: its requests
+			// wait out the reconnect instead of failing.
+			r.rehandshakeUntil.Store(time.Now().Add(2 * handshakeTimeout).UnixNano())
+		}
+		if s != nil {
 			// The peer must not take the disk for what its flags say (it
 			// may have missed writes while detached) before the sync
 			// handshake has compared generations: end the session first,
@@ -260,13 +268,29 @@ func (r *Resource) Attach(ctx context.Context, dc netlink.DiskConf) error {
 			r.logf("meta data was not closed cleanly: applied activity log (%d extents, %d KiB marked out of sync)",
 				len(rec.ALExtents), rec.BitsSet*meta.BMBlockSize/1024)
 		}
+		if err := r.checkPrimaryAttach(ld, s != nil); err != nil {
+			ld.close()
+			ns.Disk = replication.Diskless
+			_ = r.setState(ns, true)
+			r.rehandshakeUntil.Store(0)
+			return fmt.Errorf("%s: attach %s: %w", r.name, dc.BackingDev, err)
+		}
 		r.diskConf = &dc
 		r.diskConfV.Store(&dc)
 		r.onIOError.Store(dc.OnIOError)
 		// DRBD's CRASHED_PRIMARY: attached with the Primary indicator set
 		// means this node died (or detached) while Primary.
 		r.crashedPrimary = ld.flags()&(meta.MDFPrimaryInd|meta.MDFCrashedPrimary) != 0
-		ns.Disk, ns.PDsk = DiskStateFromFlags(ld.flags(), r.checkContext(true).Fencing)
+		if primary && s != nil {
+			// DRBD holds a Primary's new disk in Negotiating until the
+			// sync handshake has compared generations: its data is older
+			// than what the device shows, and becomes UpToDate only
+			// through a resync from the peer.
+			ns.Disk = replication.Negotiating
+		} else {
+			ns.Disk, ns.PDsk = DiskStateFromFlags(ld.flags(), r.checkContext(true).Fencing)
+		}
+		r.capacity.Store(ld.size)
 		r.ldev.Store(ld)
 		if err := r.setState(ns, true); err != nil {
 			return err
@@ -278,6 +302,33 @@ func (r *Resource) Attach(ctx context.Context, dc netlink.DiskConf) error {
 		r.logf("attached %s (%s): %d KiB data, UUIDs %s", dc.BackingDev, mode, ld.size>>10, ld.uuids())
 		return nil
 	})
+}
+
+// checkPrimaryAttach refuses a disk a diskless Primary cannot take: one of
+// another size than its device, and, while disconnected, one that does
+// not hold the data the device shows (DRBD's "Can only attach to data
+// with current UUID"). While connected the sync handshake decides.
+func (r *Resource) checkPrimaryAttach(ld *localDisk, connected bool) error {
+	if r.State().Role != replication.Primary {
+		return nil
+	}
+	if size := r.capacity.Load(); size != 0 && size != ld.size {
+		return fmt.Errorf("the disk holds %d KiB but the device shows %d KiB", ld.size>>10, size>>10)
+	}
+	want := r.exposedUUID.Load()
+	if !connected && want != 0 && ld.uuids().Current&^meta.UUIDPrimaryBit != want&^meta.UUIDPrimaryBit {
+		return fmt.Errorf("can only attach to data with current UUID=%016X (the disk's is %016X)", want, ld.uuids().Current)
+	}
+	return nil
+}
+
+// failAttachedDisk detaches a disk whose sync handshake found it cannot
+// join (DRBD fails a Negotiating disk then). Runs on the owner goroutine.
+func (r *Resource) failAttachedDisk() error {
+	if r.State().Disk != replication.Negotiating {
+		return nil
+	}
+	return r.detach(true)
 }
 
 // onIOErrorPolicy returns the attached disk's on-io-error policy for the

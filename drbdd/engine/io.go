@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"drbdd/drbdd/bdev"
 	"drbdd/drbdd/replication"
@@ -154,11 +155,21 @@ func (r *Resource) ioError(op string, off int64, err error) error {
 
 func (b *backend) ReadAt(p []byte, off int64) error {
 	r := b.r
+	return r.retryAcrossRehandshake(func() error { return r.read(p, off) })
+}
+
+// read serves an application read: from the local disk, or from the peer
+// for the blocks the local disk lacks (a SyncTarget) and for all of them
+// while diskless.
+func (r *Resource) read(p []byte, off int64) error {
 	r.io.gate.RLock()
 	defer r.io.gate.RUnlock()
-	ld := r.ldev.Load()
+	ld := r.ioDisk()
 	if ld == nil {
-		return fmt.Errorf("%s: no local disk", r.name)
+		if len(p) == 0 {
+			return nil
+		}
+		return r.readFromPeer(p, off)
 	}
 	if len(p) > 0 && r.needsPeer(ld, off, int64(len(p))) {
 		return r.readFromPeer(p, off)
@@ -167,18 +178,77 @@ func (b *backend) ReadAt(p []byte, off int64) error {
 	_, err := ld.dev.ReadAt(p, off)
 	r.io.local.Add(-1)
 	if err != nil {
-		return r.ioError("read", off, err)
+		err = r.ioError("read", off, err)
+		if r.peerServes() {
+			// As DRBD does, a failed local read is retried on the
+			// peer's UpToDate data (on-io-error detaches the disk).
+			return r.readFromPeer(p, off)
+		}
+		return err
 	}
 	r.io.diskRead.Add(uint64(len(p)))
 	return nil
 }
 
+// ioDisk returns the local disk that requests may use: nil while diskless,
+// and while a disk attaches, for its data is not known to be current
+// before the sync handshake has compared generations. A disk being
+// detached (Diskless or Failed but still in ldev) is used until ldev
+// lets go of it, so that no write skips it before the peer was told.
+func (r *Resource) ioDisk() *localDisk {
+	ld := r.ldev.Load()
+	if ld == nil {
+		return nil
+	}
+	if d := r.State().Disk; d == replication.Attaching || d == replication.Negotiating {
+		return nil
+	}
+	return ld
+}
+
+// rehandshaking reports whether this node is re-running the sync
+// handshake it started (see Resource.rehandshakeUntil).
+func (r *Resource) rehandshaking() bool {
+	until := r.rehandshakeUntil.Load()
+	return until != 0 && time.Now().UnixNano() < until
+}
+
+// retryAcrossRehandshake runs an application request and, when it failed
+// for want of the peer while this node re-runs the sync handshake it
+// started itself, runs it again once the new session is up (or the
+// handshake's time is over). Only requests that need the peer fail that
+// way: those of a diskless Primary. Writing a block again is harmless:
+// the request was not acknowledged, and it owns its range again.
+func (r *Resource) retryAcrossRehandshake(req func() error) error {
+	for {
+		err := req()
+		if err == nil || !(errors.Is(err, errPeerLost) || errors.Is(err, errNoUpToDateData)) || !r.rehandshaking() {
+			return err
+		}
+		for r.rehandshaking() && !r.peerServes() {
+			time.Sleep(rehandshakePoll)
+		}
+	}
+}
+
+// rehandshakePoll is how often a request held by retryAcrossRehandshake
+// looks for the new session: a few polls per reconnect, which takes a
+// few round trips.
+const rehandshakePoll = 2 * time.Millisecond
+
+// peerServes reports whether a live session reaches UpToDate data on the
+// peer.
+func (r *Resource) peerServes() bool {
+	s := r.sess.Load()
+	return s != nil && s.ctx.Err() == nil && r.State().PDsk == replication.UpToDate
+}
+
 func (b *backend) WriteAt(p []byte, off int64, fua bool) error {
-	return b.r.write(writeData, p, off, int64(len(p)), fua)
+	return b.r.appWrite(writeData, p, off, int64(len(p)), fua)
 }
 
 func (b *backend) Trim(off, length int64, fua bool) error {
-	return b.r.write(writeTrim, nil, off, length, fua)
+	return b.r.appWrite(writeTrim, nil, off, length, fua)
 }
 
 func (b *backend) WriteZeroes(off, length int64, noHole, fua bool) error {
@@ -186,10 +256,18 @@ func (b *backend) WriteZeroes(off, length int64, noHole, fua bool) error {
 	if noHole {
 		kind = writeZeroes
 	}
-	return b.r.write(kind, nil, off, length, fua)
+	return b.r.appWrite(kind, nil, off, length, fua)
 }
 
-func (b *backend) Flush() error { return b.r.flush() }
+func (b *backend) Flush() error {
+	return b.r.retryAcrossRehandshake(b.r.flush)
+}
+
+// appWrite is an application write, held across a rehandshake this node
+// started (see retryAcrossRehandshake).
+func (r *Resource) appWrite(kind writeKind, p []byte, off, length int64, fua bool) error {
+	return r.retryAcrossRehandshake(func() error { return r.write(kind, p, off, length, fua) })
+}
 
 // write is the application write path of a Primary. DRBD replicates whole
 // 512-byte sectors, so an unaligned request is split into an aligned
@@ -233,7 +311,9 @@ func (r *Resource) write(kind writeKind, p []byte, off, length int64, fua bool) 
 
 // beginAppWrite admits an application write: it holds the gates that
 // role changes and detaching wait on, checks that this node is Primary
-// with a disk, and counts the write as pending. endAppWrite undoes it.
+// with UpToDate data in reach, and counts the write as pending. The disk
+// it returns is nil when the write goes to the peer only (a diskless
+// Primary). endAppWrite undoes it.
 func (r *Resource) beginAppWrite() (*localDisk, error) {
 	r.io.writeGate.RLock()
 	r.io.gate.RLock()
@@ -242,13 +322,8 @@ func (r *Resource) beginAppWrite() (*localDisk, error) {
 		r.io.writeGate.RUnlock()
 		return nil, fmt.Errorf("%s: %w: not Primary", r.name, nbd.ErrNotPermitted)
 	}
-	ld := r.ldev.Load()
-	if ld == nil {
-		r.io.gate.RUnlock()
-		r.io.writeGate.RUnlock()
-		return nil, fmt.Errorf("%s: no local disk", r.name)
-	}
-	if st := r.State(); !r.upToDateReachable(st) {
+	ld := r.ioDisk()
+	if st := r.State(); !r.upToDateReachable(st) || (ld == nil && !r.peerServes()) {
 		r.io.gate.RUnlock()
 		r.io.writeGate.RUnlock()
 		return nil, fmt.Errorf("%s: %w (local disk %s, peer %s)", r.name, errNoUpToDateData, st.Disk, st.PDsk)
@@ -282,7 +357,7 @@ func (r *Resource) writePartialSector(ld *localDisk, kind writeKind, p []byte, o
 	lr := r.io.writes.acquire(start, sect)
 	defer r.io.writes.release(lr)
 	buf := make([]byte, sect)
-	if r.needsPeer(ld, start, sect) {
+	if ld == nil || r.needsPeer(ld, start, sect) {
 		if err := r.readFromPeer(buf, start); err != nil {
 			return err
 		}
@@ -357,6 +432,9 @@ const writeChunksInFlight = 8
 // does not fail the write: its blocks are marked out of sync instead, to
 // be resynced, as DRBD does.
 func (r *Resource) writeLocked(ld *localDisk, kind writeKind, p []byte, off, length int64, fua bool) error {
+	if ld == nil {
+		return r.writePeerOnly(kind, p, off, length, fua)
+	}
 	if err := ld.beginWrite(off, length); err != nil {
 		return r.ioError("activity log update", off, err)
 	}
@@ -373,6 +451,28 @@ func (r *Resource) writeLocked(ld *localDisk, kind writeKind, p []byte, off, len
 	return r.writeDone(ld, s, q, off, length, err)
 }
 
+// writePeerOnly is the write of a diskless Primary: the peer's disk is
+// the only one, so the write succeeds only as the peer acknowledges it,
+// and fails if the peer fails it or goes away. The peer records the
+// blocks in its bitmap, for this node's next attach.
+func (r *Resource) writePeerOnly(kind writeKind, p []byte, off, length int64, fua bool) error {
+	s := r.sess.Load()
+	if s == nil || r.State().PDsk != replication.UpToDate {
+		st := r.State()
+		return fmt.Errorf("%s: %w (local disk %s, peer %s)", r.name, errNoUpToDateData, st.Disk, st.PDsk)
+	}
+	q := s.submitWrite(kind, p, off, length, fua)
+	if q == nil {
+		return fmt.Errorf("%s: write at %d: %w", r.name, off, errPeerLost)
+	}
+	<-q.done
+	s.writeCompleted()
+	if q.err != nil {
+		return fmt.Errorf("%s: write at %d on the peer (the only disk): %w", r.name, off, q.err)
+	}
+	return nil
+}
+
 // writeDone finishes a write whose local part ended with err and whose
 // peer part is q (nil if not sent): it waits for the peer and records
 // which blocks both sides hold.
@@ -381,6 +481,12 @@ func (r *Resource) writeDone(ld *localDisk, s *session, q *peerReq, off, length 
 		if q != nil {
 			<-q.done // the peer still reads the data until then
 		}
+		// The peer may hold the new data and the local disk not: the
+		// bitmap records that for the resync after the next attach
+		// (on-io-error detaches the disk). The write fails all the same:
+		// if the bitmap cannot reach the failing disk either, nothing
+		// would tell the next attach that its disk lacks the block.
+		ld.markOutOfSync(off, length)
 		return r.ioError("write", off, err)
 	}
 	r.io.diskWrite.Add(uint64(length))
@@ -444,9 +550,17 @@ func localWrite(dev bdev.Device, kind writeKind, p []byte, off, length int64, fu
 func (r *Resource) flush() error {
 	r.io.gate.RLock()
 	defer r.io.gate.RUnlock()
-	ld := r.ldev.Load()
+	ld := r.ioDisk()
 	if ld == nil {
-		return fmt.Errorf("%s: no local disk", r.name)
+		// Diskless: the peer's disk is the only one.
+		if !r.peerServes() {
+			st := r.State()
+			return fmt.Errorf("%s: flush: %w (local disk %s, peer %s)", r.name, errNoUpToDateData, st.Disk, st.PDsk)
+		}
+		if err := r.sess.Load().flush(); err != nil {
+			return fmt.Errorf("%s: flush on the peer (the only disk): %w", r.name, err)
+		}
+		return nil
 	}
 	peer := make(chan error, 1)
 	if s := r.sess.Load(); s != nil {
@@ -533,7 +647,7 @@ func (b *backend) WriteFromPipe(head []byte, c *zerocopy.Chain, n int, off int64
 			return fmt.Errorf("%s: reading write data: %w", r.name, err)
 		}
 		defer putBuf(buf)
-		return r.write(writeData, buf, off, int64(n), fua)
+		return r.appWrite(writeData, buf, off, int64(n), fua)
 	}
 	ld, err := r.beginAppWrite()
 	if err != nil {
@@ -543,7 +657,7 @@ func (b *backend) WriteFromPipe(head []byte, c *zerocopy.Chain, n int, off int64
 	length := int64(n)
 	lr := r.io.writes.acquire(off, length)
 	defer r.io.writes.release(lr)
-	if pageCacheFile(ld.dev) == nil {
+	if ld == nil || pageCacheFile(ld.dev) == nil {
 		return r.writeChainInMemory(ld, head, c, off, length)
 	}
 
@@ -587,7 +701,7 @@ func (b *backend) WriteFromPipe(head []byte, c *zerocopy.Chain, n int, off int64
 // through the page cache. (A disk opened with O_DIRECT takes the data
 // from memory.)
 func (b *backend) TakesPipe(off int64, n int) bool {
-	ld := b.r.ldev.Load()
+	ld := b.r.ioDisk()
 	return !spliceOff && ld != nil && off%bdev.SectorSize == 0 && n%bdev.SectorSize == 0 && n <= maxWriteChunk && pageCacheFile(ld.dev) != nil
 }
 

@@ -46,11 +46,11 @@ func (h *kernelHandle) get() (*netlink.KernelNBD, error) {
 
 // kernelExport builds the export the kernel device serves. It is not
 // counted as an NBD client: the kernel device's own open count decides.
-func (r *Resource) kernelExport(ld *localDisk) *nbd.Export {
+func (r *Resource) kernelExport(size int64) *nbd.Export {
 	return &nbd.Export{
 		Name:        r.name,
 		Description: "drbdd resource " + r.name,
-		Backend:     &backend{r: r, size: ld.size},
+		Backend:     &backend{r: r, size: size},
 		MultiConn:   true,
 		CanTrim:     true,
 		CanZeroes:   true,
@@ -69,9 +69,9 @@ func (r *Resource) attachKernel() error {
 	if err != nil {
 		return err
 	}
-	ld := r.ldev.Load()
-	if ld == nil {
-		return fmt.Errorf("no local disk")
+	size := r.capacity.Load()
+	if size <= 0 {
+		return fmt.Errorf("device size unknown: no local disk and no peer's")
 	}
 	k, err := r.d.kernel.get()
 	if err != nil {
@@ -85,14 +85,14 @@ func (r *Resource) attachKernel() error {
 		if idx != index {
 			return fmt.Errorf("resource is still attached to /dev/nbd%d, not %s", idx, r.device.KernelDevice)
 		}
-		dev, err := nbd.ReattachKernel(ctx, k, index, r.kernelExport(ld), kernelConns, opts)
+		dev, err := nbd.ReattachKernel(ctx, k, index, r.kernelExport(size), kernelConns, opts)
 		if err == nil {
 			r.attachedKernel(k, dev)
 			return nil
 		}
 		r.logf("re-attaching %s failed (%v); attaching anew", r.device.KernelDevice, err)
 	}
-	dev, err := nbd.AttachKernel(ctx, k, index, r.kernelExport(ld), kernelConns, opts)
+	dev, err := nbd.AttachKernel(ctx, k, index, r.kernelExport(size), kernelConns, opts)
 	if err != nil {
 		return err
 	}

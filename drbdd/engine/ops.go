@@ -29,14 +29,23 @@ func (s *session) sendUUIDs(flags meta.UUIDFlags) {
 	s.queuePayload(protocol.PUUIDs, &protocol.UUIDs{Current: w[0], Bitmap: w[1], HistoryStart: w[2], HistoryEnd: w[3], DirtyBits: w[4], Flags: w[5]})
 }
 
-// recvUUIDs handles P_UUIDS after the handshake. The one case that needs
-// action is new-current-uuid --clear-bitmap on a peer whose data is as
-// just-created as ours: adopt its UUID and skip the initial sync.
+// recvUUIDs handles P_UUIDS after the handshake. A diskless Primary
+// follows the peer's current UUID. The other case that needs action is
+// new-current-uuid --clear-bitmap on a peer whose data is as just-created
+// as ours: adopt its UUID and skip the initial sync.
 func (s *session) recvUUIDs(u protocol.UUIDs) error {
-	if meta.UUIDFlags(u.Flags)&meta.UUIDFlagSkipInitialSync == 0 {
-		return nil
-	}
 	r := s.r
+	s.peerCurrent.Store(u.Current)
+	if meta.UUIDFlags(u.Flags)&meta.UUIDFlagSkipInitialSync == 0 {
+		// A diskless Primary shows the peer's data, whose new generation
+		// this announces (DRBD's drbd_set_ed_uuid).
+		return r.act(s.ctx, func() error {
+			if r.ldev.Load() == nil && r.State().Role == replication.Primary {
+				r.exposedUUID.Store(u.Current)
+			}
+			return nil
+		})
+	}
 	return r.act(s.ctx, func() error {
 		ld := r.ldev.Load()
 		if ld == nil || ld.uuids().Current&^meta.UUIDPrimaryBit != meta.UUIDJustCreated {

@@ -34,21 +34,33 @@ func (s *session) handshake() error {
 		gen     meta.Gen
 		size    int64
 		crashed bool
+		// diskless is set when this node has no disk to compare: no
+		// sync handshake runs then, as in DRBD.
+		diskless bool
+		// negotiated is the state an attaching disk (Negotiating) gets
+		// from its flags, which the sync handshake uses in its place.
+		negotiated replication.DiskState
 	}
 	err := r.act(s.ctx, func() error {
 		if r.conn != c {
 			return fmt.Errorf("connection replaced")
 		}
 		ld := r.ldev.Load()
-		if ld == nil {
-			return fmt.Errorf("%w: no local disk: drbdd does not run diskless", errStandAlone)
-		}
 		ns := r.State()
 		ns.Conn = replication.WFReportParams
 		if err := r.setState(ns, true); err != nil {
 			return err
 		}
 		my.st = ns
+		if ld == nil || ns.Disk < replication.Negotiating {
+			my.diskless = true
+			my.size = r.capacity.Load()
+			return nil
+		}
+		my.negotiated = ns.Disk
+		if ns.Disk == replication.Negotiating {
+			my.negotiated, _ = DiskStateFromFlags(ld.flags(), r.checkContext(true).Fencing)
+		}
 		my.gen = meta.Gen{UUIDs: ld.uuids(), Bits: uint64(ld.bitsSet())}
 		if r.crashedPrimary {
 			my.gen.Flags |= meta.UUIDFlagCrashedPrimary
@@ -56,7 +68,7 @@ func (s *session) handshake() error {
 		if c.discardMyData {
 			my.gen.Flags |= meta.UUIDFlagDiscardMyData
 		}
-		if ns.Disk == replication.Inconsistent {
+		if my.negotiated == replication.Inconsistent {
 			my.gen.Flags |= meta.UUIDFlagInconsistent
 		}
 		my.size = ld.size
@@ -96,13 +108,25 @@ func (s *session) handshake() error {
 	}
 	sectors := uint64(my.size) / 512
 	sizes := &protocol.Sizes{DSize: sectors, CSize: sectors, MaxBioSize: protocol.MaxBioSize}
+	if my.diskless {
+		// DRBD's diskless node offers no backing size, only the size
+		// its device has (zero if it never had one).
+		sizes.DSize = 0
+	}
 	w := my.gen.Words()
 	uuids := &protocol.UUIDs{Current: w[0], Bitmap: w[1], HistoryStart: w[2], HistoryEnd: w[3], DirtyBits: w[4], Flags: w[5]}
 	state := protocol.State{Role: my.st.Role, Peer: my.st.Peer, Conn: my.st.Conn, Disk: my.st.Disk, PDsk: my.st.PDsk}
-	for _, p := range []struct {
+	type packet struct {
 		cmd protocol.Cmd
 		p   protocol.Payload
-	}{{protocol.PProtocol, proto}, {protocol.PSyncParam89, syncParam}, {protocol.PSizes, sizes}, {protocol.PUUIDs, uuids}, {protocol.PState, &state}} {
+	}
+	params := []packet{{protocol.PProtocol, proto}, {protocol.PSyncParam89, syncParam}, {protocol.PSizes, sizes}, {protocol.PUUIDs, uuids}, {protocol.PState, &state}}
+	if my.diskless {
+		// Without a disk there are no generations: DRBD sends no
+		// P_UUIDS then, and neither do we.
+		params = append(params[:3], params[4])
+	}
+	for _, p := range params {
 		if err := s.sendNow(p.cmd, p.p); err != nil {
 			return fmt.Errorf("sending %s: %w", p.cmd, err)
 		}
@@ -116,7 +140,9 @@ func (s *session) handshake() error {
 		peerState protocol.State
 		got       = map[protocol.Cmd]bool{}
 	)
-	for len(got) < 5 {
+	// A diskless peer sends no P_UUIDS; P_STATE, which says so, comes last.
+	peerDiskless := func() bool { return got[protocol.PState] && peerState.Disk <= replication.Failed }
+	for len(got) < 5 && !(len(got) == 4 && !got[protocol.PUUIDs] && peerDiskless()) {
 		h, payload, err := s.data.ReadPacket(protocol.MaxPayload)
 		if err != nil {
 			return fmt.Errorf("receiving connection parameters: %w", err)
@@ -161,8 +187,33 @@ func (s *session) handshake() error {
 			return fmt.Errorf("%w: incompatible %s settings", errStandAlone, p.name)
 		}
 	}
-	if peerSizes.DSize != sectors {
+	switch {
+	case my.diskless && peerDiskless():
+		// Nothing to replicate yet; connect all the same, as DRBD does.
+	case my.diskless:
+		// A diskless node shows its peer's data, so it takes the peer's
+		// size, unless it is Primary with a device of another size.
+		peerBytes := int64(peerSizes.DSize) * 512
+		if my.st.Role == replication.Primary && my.size != 0 && my.size != peerBytes {
+			return fmt.Errorf("%w: the peer's disk size (%d KiB) differs from my device's (%d KiB)", errStandAlone, peerBytes>>10, my.size>>10)
+		}
+		if err := r.act(s.ctx, func() error { r.capacity.Store(peerBytes); return nil }); err != nil {
+			return err
+		}
+	case peerDiskless():
+	case peerSizes.DSize != sectors:
 		return fmt.Errorf("%w: the peer's disk size (%d KiB) differs from mine (%d KiB)", errStandAlone, peerSizes.DSize/2, sectors/2)
+	}
+	if my.diskless && my.st.Role == replication.Primary && got[protocol.PUUIDs] {
+		// DRBD's "Can only connect to data with current UUID": a
+		// diskless Primary shows the peer's data of one generation and
+		// must not switch to another under its users.
+		if want := r.exposedUUID.Load(); want != 0 && want&^meta.UUIDPrimaryBit != peerUUIDs.Current&^meta.UUIDPrimaryBit {
+			return fmt.Errorf("%w: can only connect to data with current UUID=%016X (the peer's is %016X)", errStandAlone, want, peerUUIDs.Current)
+		}
+	}
+	if got[protocol.PUUIDs] {
+		s.peerCurrent.Store(peerUUIDs.Current)
 	}
 	peerView := peerState.FromPeer()
 	s.peerState.Store(peerView.Pack())
@@ -174,7 +225,43 @@ func (s *session) handshake() error {
 	r.io.writeGate.Lock()
 	defer r.io.writeGate.Unlock()
 
-	// Decide.
+	if my.diskless || peerDiskless() {
+		// One side has no disk: there is nothing to compare or resync.
+		err := r.act(s.ctx, func() error {
+			ns := r.State()
+			ns.Conn, ns.Peer, ns.PDsk = replication.Connected, peerState.Role, peerState.Disk
+			if ns.Disk == replication.Negotiating {
+				// A disk attached to a diskless Primary whose peer has
+				// none either: usable only if it holds the data shown.
+				ld := r.ldev.Load()
+				if want := r.exposedUUID.Load(); ld == nil || want&^meta.UUIDPrimaryBit != ld.uuids().Current&^meta.UUIDPrimaryBit {
+					r.logf("%s: the attached disk does not hold the data the device shows (current UUID %016X): detaching it", c.peerName, want)
+					if err := r.failAttachedDisk(); err != nil {
+						return err
+					}
+					ns = r.State()
+					ns.Conn, ns.Peer, ns.PDsk = replication.Connected, peerState.Role, peerState.Disk
+				} else {
+					ns.Disk = my.negotiated
+				}
+			}
+			return r.setState(ns, true)
+		})
+		if err != nil {
+			return err
+		}
+		s.publish()
+		return nil
+	}
+
+	// Decide. A peer whose disk still attaches (Negotiating) counts with
+	// the state its UUID flags give, as in DRBD's receive_state.
+	if peerState.Disk == replication.Negotiating {
+		peerState.Disk = replication.Consistent
+		if meta.UUIDFlags(peerUUIDs.Flags)&meta.UUIDFlagInconsistent != 0 {
+			peerState.Disk = replication.Inconsistent
+		}
+	}
 	peerGen := meta.GenFromWords([6]uint64{peerUUIDs.Current, peerUUIDs.Bitmap, peerUUIDs.HistoryStart, peerUUIDs.HistoryEnd, peerUUIDs.DirtyBits, peerUUIDs.Flags})
 	if peerProto.ConnFlags&protocol.CFDiscardMyData != 0 {
 		peerGen.Flags |= meta.UUIDFlagDiscardMyData
@@ -186,7 +273,7 @@ func (s *session) handshake() error {
 	in := meta.HandshakeInput{
 		Self: my.gen, Peer: peerGen,
 		SelfPrimary: my.st.Role == replication.Primary, PeerPrimary: peerState.Role == replication.Primary,
-		SelfDisk: meta.DiskState(my.st.Disk), PeerDisk: meta.DiskState(peerState.Disk),
+		SelfDisk: meta.DiskState(my.st.Disk), SelfDiskNegotiated: meta.DiskState(my.negotiated), PeerDisk: meta.DiskState(peerState.Disk),
 		ResolveConflicts: c.resolveConflicts, Protocol: s.version, Features: uint32(s.features),
 		AfterSB0Pri: policy(conf.AfterSB0Pri), AfterSB1Pri: policy(conf.AfterSB1Pri), AfterSB2Pri: policy(conf.AfterSB2Pri),
 		RRConflict: policy(conf.RRConflict), DiscardMyData: c.discardMyData,
@@ -219,6 +306,17 @@ func (s *session) handshake() error {
 		}
 	}
 	c.discardMyData = false
+	if my.st.Disk == replication.Negotiating && d.Action != meta.ActionConnected && d.Action != meta.ActionSyncTarget {
+		// The disk attached to this diskless Primary does not hold an
+		// older copy of the data it shows (a split brain, unrelated
+		// data, or newer data): DRBD fails such a disk. Detach it and
+		// reconnect diskless.
+		r.logf("%s: the attached disk cannot take the peer's data (%s): detaching it", c.peerName, d)
+		if err := r.act(s.ctx, func() error { return r.failAttachedDisk() }); err != nil {
+			return err
+		}
+		return errRehandshake
+	}
 	switch d.Action {
 	case meta.ActionDisconnect:
 		if d.Result <= -100 || d.Result >= 100 {
@@ -242,6 +340,9 @@ func (s *session) handshake() error {
 		err = r.act(s.ctx, func() error {
 			ns := r.State()
 			ns.Conn, ns.Peer, ns.PDsk = replication.Connected, peerState.Role, peerState.Disk
+			if ns.Disk == replication.Negotiating {
+				ns.Disk = my.negotiated
+			}
 			// Same generation: a Consistent/Outdated side learns it is
 			// as up to date as its UpToDate peer.
 			if ns.PDsk == replication.UpToDate && (ns.Disk == replication.Consistent || ns.Disk == replication.Outdated) {
@@ -261,9 +362,16 @@ func (s *session) handshake() error {
 			return err
 		}
 	}
-	r.sess.Store(s)
-	s.sendState()
+	s.publish()
 	return nil
+}
+
+// publish makes the session the one that replicates writes, and tells the
+// peer our state.
+func (s *session) publish() {
+	s.r.sess.Store(s)
+	s.r.rehandshakeUntil.Store(0)
+	s.sendState()
 }
 
 // startSync exchanges bitmaps and the sync UUID and enters SyncSource or
@@ -394,9 +502,22 @@ func (s *session) exchangeBitmaps(ld *localDisk) error {
 
 // sendState tells the peer our current state (P_STATE).
 func (s *session) sendState() {
+	s.queuePayload(protocol.PState, s.statePacket())
+}
+
+// sendStateNow sends our current state on the data socket at once, for a
+// change that must reach the peer before the writes that follow it.
+func (s *session) sendStateNow() {
+	if err := s.dataW.send(protocol.PState, s.statePacket().MarshalAppend(nil)); err != nil {
+		s.cancel(fmt.Errorf("sending %s: %w", protocol.PState, err))
+	}
+}
+
+// statePacket is our current state as P_STATE carries it.
+func (s *session) statePacket() *protocol.State {
 	st := s.r.State()
-	s.queuePayload(protocol.PState, &protocol.State{Role: st.Role, Peer: st.Peer, Conn: st.Conn, Disk: st.Disk, PDsk: st.PDsk,
-		UserISP: st.UserIsp, PeerISP: st.PeerIsp, AftrISP: st.AftrIsp})
+	return &protocol.State{Role: st.Role, Peer: st.Peer, Conn: st.Conn, Disk: st.Disk, PDsk: st.PDsk,
+		UserISP: st.UserIsp, PeerISP: st.PeerIsp, AftrISP: st.AftrIsp}
 }
 
 // receiver reads the data socket and dispatches the peer's packets.
@@ -637,6 +758,14 @@ func (s *session) recvWrite(kind writeKind, h protocol.DataHeader, blk *rxBlock,
 	}
 	ep := s.recvEpochWrite()
 	lr := r.io.writes.acquire(off, n)
+	onlyDisk := r.State().PDsk < replication.Inconsistent
+	if onlyDisk {
+		// The writes of a diskless Primary reach this disk only: record
+		// them for the Primary's next attach, before the write, so that
+		// the activity log covers the bit until it is on disk (DRBD's
+		// receive_Data for "the only disk of the cluster").
+		ld.markOutOfSync(off, n)
+	}
 	if err := s.peerBuffers.acquire(s.ctx, n); err != nil {
 		r.io.writes.release(lr)
 		return nil
@@ -655,7 +784,7 @@ func (s *session) recvWrite(kind writeKind, h protocol.DataHeader, blk *rxBlock,
 		if err != nil {
 			s.sendMeta(protocol.PNegAck, &ack)
 		} else {
-			if h.DPFlags&protocol.DPMaySetInSync != 0 {
+			if h.DPFlags&protocol.DPMaySetInSync != 0 && !onlyDisk {
 				ld.clearFullBlocks(off, n)
 				if y := s.getSync(); y != nil {
 					y.applicationWrote(off, n)
@@ -805,22 +934,40 @@ func (s *session) recvState(peer protocol.State) error {
 		if err := r.setState(ns, true); err != nil {
 			return err
 		}
-		// The peer detached (or lost) its disk while connected: what the
-		// Primary writes from now on is in its bitmap only, under a new
-		// generation, so that the peer's next attach resyncs exactly
-		// that. DRBD applies the rule on a Secondary too, for the writes
-		// of a diskless Primary; drbdd's Primary does not run diskless,
-		// and a new generation there would only make the Primary's
-		// re-attach look like a resync towards a Primary.
-		if ns.Role != replication.Primary {
-			return nil
-		}
-		generated, err := r.peerDataLost(os, ns)
-		if generated {
-			s.sendUUIDs(0)
-		}
-		return err
+		return s.peerChanged(os, ns)
 	})
+}
+
+// peerChanged applies DRBD's generation rules for changes of the peer's
+// role or disk while connected (after_state_ch). Runs on the owner
+// goroutine.
+//
+//   - The peer detached (or lost) its disk while one of us is Primary:
+//     what the Primary writes from now on reaches this disk only, under a
+//     new generation, so that the peer's next attach resyncs exactly the
+//     blocks in our bitmap (peerDataLost).
+//   - A diskless peer became Primary: its writes reach this disk only, so
+//     they start a new generation here too.
+//
+// Either way the peer learns our new UUIDs; a diskless Primary follows
+// them (see Resource.exposedUUID).
+func (s *session) peerChanged(os, ns replication.State) error {
+	r := s.r
+	generated, err := r.peerDataLost(os, ns)
+	if err != nil {
+		return err
+	}
+	if ld := r.ldev.Load(); ld != nil && !generated && ns.PDsk < replication.Inconsistent &&
+		os.Peer != replication.Primary && ns.Peer == replication.Primary && ns.Disk >= replication.UpToDate {
+		err = ld.updateUUIDs(func(u *meta.UUIDs) { generated = u.DisklessPeerPromoted(randomUUID(), ns.Role == replication.Primary) })
+		if generated {
+			r.logf("%s: new current UUID %s (the diskless peer became Primary)", s.c.peerName, ld.uuids())
+		}
+	}
+	if generated {
+		s.sendUUIDs(0)
+	}
+	return err
 }
 
 // recvStateChgReq answers a cluster-wide state change from the peer, such
@@ -868,7 +1015,10 @@ func (s *session) recvStateChgReq(rq protocol.ReqState) {
 			}
 			return nil
 		}
-		return r.setState(ns, true)
+		if err := r.setState(ns, true); err != nil {
+			return err
+		}
+		return s.peerChanged(os, ns)
 	})
 	if err != nil {
 		res = replication.SSUnknownError

@@ -10,7 +10,8 @@ import (
 
 // A Primary whose local disk is not UpToDate (a SyncTarget that was
 // promoted) reads the blocks it does not have yet from its UpToDate peer,
-// as DRBD does: P_DATA_REQUEST out, P_DATA_REPLY (or P_NEG_DREPLY) back.
+// and a diskless Primary reads everything from it, as DRBD does:
+// P_DATA_REQUEST out, P_DATA_REPLY (or P_NEG_DREPLY) back.
 
 // errNoUpToDateData fails reads that neither disk can serve.
 var errNoUpToDateData = errors.New("no access to UpToDate data")
@@ -127,9 +128,14 @@ func (s *session) serveDataRequest(rq protocol.BlockReq) error {
 		}
 		return s.sendMeta(protocol.PNegDReply, &protocol.BlockAck{Sector: rq.Sector, BlockID: rq.BlockID, BlkSize: rq.BlkSize})
 	}
+	// Owned in arrival order, like the peer's writes: a read sent after
+	// a write to the same blocks sees that write, even when protocol A
+	// or B acknowledged the write before it reached this disk.
+	lr := r.io.writes.acquire(off, n)
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
+		defer r.io.writes.release(lr)
 		buf := getBuf(int(n))
 		defer putBuf(buf)
 		if st := r.State(); st.Disk != replication.UpToDate {

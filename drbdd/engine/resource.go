@@ -76,6 +76,23 @@ type Resource struct {
 	// onIOError is the attached disk's on-io-error policy, read by the
 	// I/O path.
 	onIOError atomic.Value
+	// capacity is the device size in bytes: the local disk's while one
+	// is attached, and the peer's (from its P_SIZES) while diskless. It
+	// survives a detach, so that a Primary that loses its disk keeps the
+	// size its users saw.
+	capacity atomic.Int64
+	// exposedUUID is DRBD's ed_uuid: the current UUID of the data the
+	// device shows. A diskless Primary shows its peer's data and follows
+	// the peer's current UUID; it accepts a peer, or attaches a disk
+	// while disconnected, only if that holds the same data. Written on
+	// the owner goroutine.
+	exposedUUID atomic.Uint64
+	// rehandshakeUntil (Unix nanoseconds, 0 for none) is set while this
+	// node re-runs the sync handshake it started itself by attaching a
+	// disk to a connected diskless Primary. Until then the requests that
+	// need the peer wait for the new session instead of failing, so that
+	// the device's users see a pause, not an error.
+	rehandshakeUntil atomic.Int64
 
 	io ioState
 }
@@ -338,9 +355,11 @@ func (r *Resource) promotion(force bool) (*replication.State, bool, error) {
 	if os.Role == replication.Primary {
 		return nil, false, nil
 	}
-	if r.ldev.Load() == nil {
-		// DRBD would serve the device from the peer; drbdd serves a
-		// Primary from its own disk only (see errDetachPrimary).
+	if r.ldev.Load() == nil && (r.sess.Load() == nil || os.Conn != replication.Connected || os.PDsk != replication.UpToDate) {
+		// A diskless Primary serves its peer's data, so it needs a
+		// connected peer with UpToDate data (DRBD's "Need access to
+		// UpToDate data"). While connected with an Inconsistent disk
+		// the peer's state rules decide (SS_NO_UP_TO_DATE_DISK).
 		return nil, false, fmt.Errorf("%s: %w", r.name, errPromoteDiskless)
 	}
 	ns := os
@@ -368,7 +387,17 @@ func (r *Resource) promote(force bool) error {
 	if err := r.promotedKernel(); err != nil {
 		return err
 	}
-	if ld := r.ldev.Load(); ld != nil {
+	ld := r.ldev.Load()
+	if ld == nil {
+		// Diskless: the device shows the peer's data. DRBD leaves the
+		// UUIDs to the peer, which starts a new generation when it sees
+		// its diskless peer become Primary.
+		if s := r.sess.Load(); s != nil {
+			r.exposedUUID.Store(s.peerCurrent.Load())
+		}
+		r.logf("promoted without a local disk: serving the peer's data")
+	}
+	if ld != nil {
 		// DRBD's drbd_set_role: the peer's disk counts as unreachable when
 		// not connected, and when connected to a peer that has none.
 		reachable := ns.Conn >= replication.Connected && ns.PDsk > replication.Failed
@@ -417,19 +446,24 @@ func (r *Resource) secondary() error {
 	return nil
 }
 
-// errDetachPrimary refuses to detach a Primary's disk: a Primary serves
-// its device from its own disk only, so the device's users would get
-// nothing but errors. A forced detach, and on-io-error's, go ahead.
-var errDetachPrimary = errors.New("refusing to detach the disk of a Primary: drbdd does not serve a Primary diskless (demote it first, or detach --force)")
+// errDetachPrimary refuses to detach a Primary's disk when no connected
+// peer holds UpToDate data: the device's users would get nothing but
+// errors. A forced detach, and on-io-error's, go ahead.
+var errDetachPrimary = errors.New("refusing to detach the disk of a Primary without a connected UpToDate peer: the device would have no data (connect first, demote, or detach --force)")
 
-// errPromoteDiskless refuses to promote a node without a disk, for the
-// reason of errDetachPrimary: its device could serve nothing.
-var errPromoteDiskless = errors.New("refusing to promote without a local disk: drbdd does not serve a Primary diskless (attach first)")
+// errPromoteDiskless refuses to promote a node without a disk unless a
+// connected peer holds UpToDate data to serve.
+var errPromoteDiskless = errors.New("refusing to promote without a local disk: no connected peer with UpToDate data (attach or connect first)")
 
-// Detach releases the local disk (DRBD_ADM_DETACH).
+// Detach releases the local disk (DRBD_ADM_DETACH). A Primary goes on
+// serving its peer's data, as DRBD's does, so it may detach only while
+// connected to an UpToDate peer (not during a resync, which the state
+// rules refuse).
 func (r *Resource) Detach(ctx context.Context, force bool) error {
 	return r.act(ctx, func() error {
-		if !force && r.ldev.Load() != nil && r.State().Role == replication.Primary {
+		st := r.State()
+		if !force && r.ldev.Load() != nil && st.Role == replication.Primary &&
+			(r.sess.Load() == nil || st.Conn != replication.Connected || st.PDsk != replication.UpToDate) {
 			return fmt.Errorf("%s: %w", r.name, errDetachPrimary)
 		}
 		return r.detach(force)
@@ -441,10 +475,25 @@ func (r *Resource) detach(force bool) error {
 	if ld == nil {
 		return nil
 	}
-	ns := r.State()
+	os := r.State()
+	ns := os
 	ns.Disk = replication.Diskless
 	if err := r.setState(ns, force); err != nil {
 		return err
+	}
+	// A disk that was in use (not one still attaching) leaves a Primary
+	// showing the data it held.
+	if ns.Role == replication.Primary && (os.Disk >= replication.Inconsistent || os.Disk == replication.Failed) {
+		r.exposedUUID.Store(ld.uuids().Current)
+		if s := r.sess.Load(); s != nil {
+			// The peer must learn that this disk is gone before the
+			// first write that skips it: it marks the writes of a
+			// diskless Primary out of sync, for this disk's next attach.
+			// Writes go to the peer without the disk only once ldev is
+			// nil, below, so sending the state first orders the two on
+			// the data socket.
+			s.sendStateNow()
+		}
 	}
 	r.retiring.Store(ld)
 	r.ldev.Store(nil)
@@ -510,10 +559,6 @@ func (p exportProvider) Open(name string) (*nbd.Export, error) {
 		if st.Role != replication.Primary {
 			return fmt.Errorf("%s: not Primary (role %s): only the Primary serves I/O", r.name, st.Role)
 		}
-		ld := r.ldev.Load()
-		if ld == nil {
-			return fmt.Errorf("%s: no local disk: drbdd does not serve diskless", r.name)
-		}
 		if st.Disk != replication.UpToDate && st.PDsk != replication.UpToDate {
 			return fmt.Errorf("%s: %w (local disk %s, peer %s)", r.name, errNoUpToDateData, st.Disk, st.PDsk)
 		}
@@ -522,7 +567,7 @@ func (p exportProvider) Open(name string) (*nbd.Export, error) {
 		e = &nbd.Export{
 			Name:        r.name,
 			Description: fmt.Sprintf("drbdd resource %s minor %d", r.name, r.Minor()),
-			Backend:     &backend{r: r, size: ld.size},
+			Backend:     &backend{r: r, size: r.capacity.Load()},
 			MultiConn:   true,
 			CanTrim:     true,
 			CanZeroes:   true,
@@ -565,6 +610,7 @@ func (r *Resource) status() Status {
 		Minor:         r.Minor(),
 		State:         r.State(),
 		NBDClients:    int(r.nbdClients.Load()),
+		Size:          r.capacity.Load(),
 		Counters:      r.io.snapshot(),
 		WriteOrdering: 'd',
 	}
@@ -582,7 +628,6 @@ func (r *Resource) status() Status {
 	}
 	if ld := r.ldev.Load(); ld != nil {
 		s.OutOfSyncKiB = ld.outOfSyncKiB()
-		s.Size = ld.size
 		u := ld.uuids()
 		s.UUIDs = []uint64{u.Current, u.Bitmap, u.History[0], u.History[1]}
 	}

@@ -151,6 +151,9 @@ type session struct {
 
 	// peerState is the peer's last P_STATE, converted to our view.
 	peerState atomic.Uint32
+	// peerCurrent is the current UUID from the peer's last P_UUIDS (0 if
+	// it sent none: a diskless peer has no generations).
+	peerCurrent atomic.Uint64
 	// lastAckCheck is when asender last scanned for overdue requests; only
 	// asender uses it.
 	lastAckCheck time.Time

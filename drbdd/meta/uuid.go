@@ -108,6 +108,20 @@ func (u *UUIDs) LostPeerData(val uint64, primary, peerPrimary, upToDate bool) bo
 	return false
 }
 
+// DisklessPeerPromoted applies DRBD's rule for a diskless peer that
+// becomes Primary (after_state_ch): its writes reach this disk only, so,
+// unless a bitmap UUID already marks an older generation, a new current
+// UUID val starts one the peer's disk (when it attaches again) does not
+// have. primary is this node's role. It reports whether a new current
+// UUID was generated.
+func (u *UUIDs) DisklessPeerPromoted(val uint64, primary bool) bool {
+	if u.Bitmap != 0 {
+		return false
+	}
+	u.NewCurrent(val, primary)
+	return true
+}
+
 // SetBitmap sets the bitmap UUID (drbd_uuid_set_bm). Setting zero clears
 // it and rotates the old bitmap UUID into the history, as at the end of a
 // resync; setting a non-zero value stores it with the primary bit masked

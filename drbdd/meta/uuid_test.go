@@ -225,3 +225,26 @@ func TestLostSyncUUID(t *testing.T) {
 		t.Fatalf("repair: %+v, self %v, before %v", c, self.UUIDs, before)
 	}
 }
+
+// TestDisklessPeerPromoted: the node holding the only disk starts a new
+// generation when its diskless peer becomes Primary, unless a bitmap UUID
+// already separates the peer's disk's generation from the current one.
+func TestDisklessPeerPromoted(t *testing.T) {
+	u := UUIDs{Current: uX, History: [2]uint64{uA, uB}}
+	if !u.DisklessPeerPromoted(uY, false) {
+		t.Fatal("no new UUID with an empty bitmap UUID")
+	}
+	if u != (UUIDs{Current: uY, Bitmap: uX, History: [2]uint64{uA, uB}}) {
+		t.Fatalf("after the diskless peer's promotion: %v", u)
+	}
+	// Promoted again later: the generation is already split off.
+	if u.DisklessPeerPromoted(uZ, false) || u.Current != uY || u.Bitmap != uX {
+		t.Fatalf("second promotion: %v", u)
+	}
+	// On a node that is Primary itself (two primaries) the new current
+	// UUID carries the primary bit.
+	u = UUIDs{Current: uX | 1}
+	if !u.DisklessPeerPromoted(uY, true) || u.Current != uY|1 || u.Bitmap != uX|1 {
+		t.Fatalf("as Primary: %v", u)
+	}
+}

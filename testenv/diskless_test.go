@@ -1,0 +1,357 @@
+package testenv
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// chunkFile writes the chunks' data to a file in dir and returns its path
+// and the Python list of (offset, length) pairs that reads it back.
+func chunkFile(t testing.TB, dir, name string, chunks []wchunk) (path, layout string) {
+	t.Helper()
+	path = filepath.Join(dir, name)
+	var data bytes.Buffer
+	var l strings.Builder
+	l.WriteString("[")
+	for i, c := range chunks {
+		data.Write(c.data)
+		if i > 0 {
+			l.WriteString(", ")
+		}
+		fmt.Fprintf(&l, "(%d, %d)", c.off, len(c.data))
+	}
+	l.WriteString("]")
+	if err := os.WriteFile(path, data.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path, l.String()
+}
+
+// resyncKB returns the size of the resync n announced after mark.
+func resyncKB(t testing.TB, n *Node, mark int) int64 {
+	t.Helper()
+	m := waitLogAfter(t, n, mark, `Began resync as SyncTarget \(will sync (\d+) KB`, time.Minute)
+	kb, _ := strconv.ParseInt(m[1], 10, 64)
+	return kb
+}
+
+// TestDisklessPrimaryDetachAttach: a Primary whose disk is detached goes
+// on serving its peer's data, as DRBD's does. One nbdsh client stays
+// connected throughout: it writes before the detach, writes and reads
+// back while diskless, and keeps writing while the disk is attached again
+// and resynced (reading back at the end: reads served by the peer would
+// blur the count of what the resync sent). No request may fail. The resync after the
+// attach must copy only what was written while diskless, and in the end
+// both disks hold every write.
+func TestDisklessPrimaryDetachAttach(t *testing.T) {
+	RequireTools(t, "nbdsh")
+	p := NewPair(t, PairOptions{})
+	p.Up(t)
+	p.InitialSync(t, p.A)
+
+	span := p.DataSize(t)
+	const chunkSize = 64 << 10
+	// Three disjoint sets: written before the detach, while diskless,
+	// and during the attach.
+	var before, diskless, during []wchunk
+	for i, c := range scatterChunks(0x5d, 96, chunkSize, span) {
+		switch i % 6 {
+		case 0:
+			before = append(before, c)
+		case 5:
+			during = append(during, c)
+		default:
+			diskless = append(diskless, c)
+		}
+	}
+	dir := t.TempDir()
+	f1, l1 := chunkFile(t, dir, "before", before)
+	f2, l2 := chunkFile(t, dir, "diskless", diskless)
+	f3, l3 := chunkFile(t, dir, "during", during)
+	ready1, go1 := filepath.Join(dir, "ready1"), filepath.Join(dir, "go1")
+	ready2, stop := filepath.Join(dir, "ready2"), filepath.Join(dir, "stop")
+	script := fmt.Sprintf(`import os, time
+def load(path, layout):
+    f = open(path, 'rb')
+    return [(off, f.read(n)) for off, n in layout]
+before, diskless, during = load(%q, %s), load(%q, %s), load(%q, %s)
+def write(s):
+    for off, b in s:
+        h.pwrite(b, off)
+    h.flush()
+def check(s, what):
+    for off, b in s:
+        if h.pread(len(b), off) != b:
+            raise Exception('%%s: wrong data at %%d' %% (what, off))
+def wait(p):
+    while not os.path.exists(p):
+        time.sleep(0.02)
+write(before)
+check(before, 'before')
+open(%q, 'w').close()
+wait(%q)
+write(diskless)
+check(before, 'before, read while diskless')
+check(diskless, 'diskless')
+open(%q, 'w').close()
+n = 0
+while not os.path.exists(%q):
+    off, b = during[n %% len(during)]
+    h.pwrite(b, off)
+    n += 1
+h.flush()
+check(before, 'before, at the end')
+check(diskless, 'diskless, at the end')
+check(during, 'during, at the end')
+print('ok', n)
+`, f1, l1, f2, l2, f3, l3, ready1, go1, ready2, stop)
+	cmd := NbdshCmd("-u", p.URI[p.A], "-c", script)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		os.WriteFile(stop, nil, 0o644)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+		}
+	}()
+	waitFile := func(path, what string) {
+		t.Helper()
+		WaitFor(t, time.Minute, what, func() bool {
+			select {
+			case err := <-exited:
+				exited <- err
+				t.Fatalf("nbdsh ended early (%v):\n%s", err, out.String())
+			default:
+			}
+			_, err := os.Stat(path)
+			return err == nil
+		})
+	}
+	waitFile(ready1, "the first writes")
+
+	// The detach: refused without a connected UpToDate peer, done with one.
+	markA, markB := logLen(p.A), logLen(p.B)
+	p.A.MustAdm("detach", "r0")
+	p.A.WaitState("dstate", "r0", "Diskless/UpToDate", 20*time.Second)
+	p.B.WaitState("dstate", "r0", "UpToDate/Diskless", 20*time.Second)
+	if role := admOut(p.A, "role"); role != "Primary/Secondary" {
+		t.Fatalf("alice role %q after detaching, want Primary/Secondary", role)
+	}
+	waitLogAfter(t, p.B, markB, `new current UUID \S+ \(lost the peer's copy of the data\)`, 20*time.Second)
+	os.WriteFile(go1, nil, 0o644)
+	waitFile(ready2, "the diskless writes and reads")
+	if oos := settledCounter(t, p.B, "oos"); oos < int64(len(diskless))*chunkSize>>10 {
+		t.Fatalf("bob oos:%d KiB, want at least the %d KiB written while alice was diskless", oos, len(diskless)*chunkSize>>10)
+	}
+	ns0 := p.B.Counter("ns")
+
+	// The attach, while the client keeps writing.
+	p.A.MustAdm("attach", "r0")
+	kb := resyncKB(t, p.A, markA)
+	dirty := int64(len(diskless)) * chunkSize >> 10
+	most := dirty + int64(len(during))*chunkSize>>10
+	if kb < dirty || kb > most {
+		t.Errorf("alice will sync %d KB; want the %d..%d KB written while diskless", kb, dirty, most)
+	}
+	waitLogAfter(t, p.A, markA, `Resync done`, time.Minute)
+	p.A.WaitState("dstate", "r0", "UpToDate/UpToDate", 20*time.Second)
+	time.Sleep(500 * time.Millisecond) // a few more writes with the disk back
+	os.WriteFile(stop, nil, 0o644)
+	select {
+	case err := <-exited:
+		if err != nil || !strings.HasPrefix(strings.TrimSpace(out.String()), "ok ") {
+			t.Fatalf("nbdsh: %v\n%s", err, out.String())
+		}
+	case <-time.After(time.Minute):
+		t.Fatalf("nbdsh did not finish:\n%s", out.String())
+	}
+	t.Logf("nbdsh: %s", strings.TrimSpace(out.String()))
+	checkResyncSent(t, p.B, ns0, kb)
+	for _, n := range p.Nodes() {
+		if oos := settledCounter(t, n, "oos"); oos != 0 {
+			t.Errorf("%s oos:%d after the resync", n.Name, oos)
+		}
+	}
+
+	p.downBoth(t)
+	p.CompareDisks(t)
+	for _, set := range [][]wchunk{before, diskless, during} {
+		if !diskHolds(t, p.Disk[p.A], set) {
+			t.Fatal("alice's disk lacks acknowledged writes")
+		}
+	}
+}
+
+// TestDisklessPromotion: a diskless Secondary may become Primary only
+// while connected to a peer with UpToDate data; it then serves that
+// data, and its later attach resyncs exactly what it wrote meanwhile.
+func TestDisklessPromotion(t *testing.T) {
+	RequireTools(t, "nbdsh")
+	p := NewPair(t, PairOptions{})
+	p.Up(t)
+	p.InitialSync(t, p.A)
+	demote(t, p.A)
+
+	p.B.MustAdm("detach", "r0")
+	p.B.WaitState("dstate", "r0", "Diskless/UpToDate", 20*time.Second)
+	p.B.MustAdm("disconnect", "r0")
+	if out, err := p.B.Adm("primary", "r0"); err == nil || !strings.Contains(out, "refusing to promote without a local disk") {
+		t.Fatalf("primary on diskless, disconnected bob: err=%v out=%q", err, out)
+	}
+	// A diskless node connects (there is nothing to resync) ...
+	p.B.MustAdm("connect", "r0")
+	p.B.WaitState("cstate", "r0", "Connected", 30*time.Second)
+	p.B.WaitState("dstate", "r0", "Diskless/UpToDate", 20*time.Second)
+	// ... and may be promoted then.
+	markA, markB := logLen(p.A), logLen(p.B)
+	p.B.MustAdm("primary", "r0")
+	waitLogAfter(t, p.A, markA, `new current UUID \S+ \(the diskless peer became Primary\)`, 20*time.Second)
+
+	span := p.DataSize(t)
+	chunks := scatterChunks(0x44, 96, 64<<10, span)
+	nbdshWrite(t, p.URI[p.B], chunks)
+	f, layout := chunkFile(t, t.TempDir(), "chunks", chunks)
+	got := Nbdsh(t, time.Minute, p.URI[p.B], fmt.Sprintf(`f = open(%q, 'rb')
+bad = [off for off, n in %s if h.pread(n, off) != f.read(n)]
+print('bad', bad)
+`, f, layout))
+	if strings.TrimSpace(got) != "bad []" {
+		t.Fatalf("reading back through diskless bob: %s", got)
+	}
+	dirty := int64(len(chunks)) * 64
+	if oos := settledCounter(t, p.A, "oos"); oos != dirty {
+		t.Fatalf("alice oos:%d KiB, want the %d KiB bob wrote", oos, dirty)
+	}
+
+	ns0 := p.A.Counter("ns")
+	p.B.MustAdm("attach", "r0")
+	if kb := resyncKB(t, p.B, markB); kb != dirty {
+		t.Errorf("bob will sync %d KB, want the %d KB it wrote while diskless", kb, dirty)
+	}
+	waitLogAfter(t, p.B, markB, `Resync done`, time.Minute)
+	p.B.WaitState("dstate", "r0", "UpToDate/UpToDate", 20*time.Second)
+	checkResyncSent(t, p.A, ns0, dirty)
+	if !regexp.MustCompile(`promoted without a local disk`).MatchString(logAfter(p.B, markB)) {
+		t.Error("bob did not log its diskless promotion")
+	}
+
+	p.downBoth(t)
+	p.CompareDisks(t)
+	if !diskHolds(t, p.Disk[p.B], chunks) {
+		t.Fatal("bob's disk lacks what it wrote while diskless")
+	}
+}
+
+// TestPrimaryDiskErrorServesFromPeer: when the Primary's disk fails
+// (errors injected with DRBDD_FAULT_DISK_DIR), on-io-error detaches it
+// and the Primary goes on serving its peer's data: the write in flight
+// fails, and the client's next writes and reads go through the diskless
+// Primary. Once the disk is healthy and attached again, the resync brings
+// it up to date, the failed write's blocks included, so that both disks
+// end identical.
+func TestPrimaryDiskErrorServesFromPeer(t *testing.T) {
+	RequireTools(t, "nbdsh")
+	faults := t.TempDir()
+	t.Setenv("DRBDD_FAULT_DISK_DIR", faults)
+	p := NewPair(t, PairOptions{})
+	p.Up(t)
+	p.InitialSync(t, p.A)
+
+	span := p.DataSize(t)
+	var before, after []wchunk
+	for i, c := range scatterChunks(0x6e, 64, 64<<10, span) {
+		if i%4 == 0 {
+			before = append(before, c)
+		} else {
+			after = append(after, c)
+		}
+	}
+	nbdshWrite(t, p.URI[p.A], before)
+
+	markA := logLen(p.A)
+	trigger := filepath.Join(faults, filepath.Base(p.Disk[p.A]))
+	if err := os.WriteFile(trigger, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	f1, l1 := chunkFile(t, dir, "before", before)
+	f2, l2 := chunkFile(t, dir, "after", after)
+	out := Nbdsh(t, 2*time.Minute, p.URI[p.A], fmt.Sprintf(`import time
+def load(path, layout):
+    f = open(path, 'rb')
+    return [(off, f.read(n)) for off, n in layout]
+before, after = load(%q, %s), load(%q, %s)
+failed, written = [], []
+for off, b in after:
+    try:
+        h.pwrite(b, off)
+        written.append((off, b))
+    except nbd.Error:
+        failed.append(off)
+        time.sleep(0.1)
+h.flush()
+bad = [off for off, b in before + written if h.pread(len(b), off) != b]
+print('failed', ','.join(map(str, failed)), 'bad', bad)
+`, f1, l1, f2, l2))
+	var failedList, bad string
+	if _, err := fmt.Sscanf(strings.TrimSpace(out), "failed %s bad %s", &failedList, &bad); err != nil || bad != "[]" {
+		t.Fatalf("writing through alice with a failing disk: %q", out)
+	}
+	// The writes that failed are not acknowledged, so they need not be
+	// anywhere; but the disks must still end identical, whichever copy
+	// of those blocks the peer took.
+	failed := map[int64]bool{}
+	for _, f := range strings.Split(failedList, ",") {
+		off, err := strconv.ParseInt(f, 10, 64)
+		if err != nil {
+			t.Fatalf("nbdsh output %q", out)
+		}
+		failed[off] = true
+	}
+	if len(failed) == 0 || len(failed) > 3 {
+		t.Fatalf("%d writes failed, want the one or few in flight when the disk failed: %q", len(failed), out)
+	}
+	var acked []wchunk
+	for _, c := range after {
+		if !failed[c.off] {
+			acked = append(acked, c)
+		}
+	}
+	t.Logf("%d write(s) failed while alice detached its disk", len(failed))
+	waitLogAfter(t, p.A, markA, `local I/O error on write`, 20*time.Second)
+	p.A.WaitState("dstate", "r0", "Diskless/UpToDate", 20*time.Second)
+	if role := admOut(p.A, "role"); role != "Primary/Secondary" {
+		t.Fatalf("alice role %q after its disk failed", role)
+	}
+
+	if err := os.Remove(trigger); err != nil {
+		t.Fatal(err)
+	}
+	p.A.MustAdm("attach", "r0")
+	dirty := int64(len(acked)) * 64
+	if kb := resyncKB(t, p.A, markA); kb < dirty || kb > dirty+int64(len(failed))*64 {
+		t.Errorf("alice will sync %d KB, want the %d KB written after its disk failed and the %d failed chunk(s)", kb, dirty, len(failed))
+	}
+	waitLogAfter(t, p.A, markA, `Resync done`, time.Minute)
+	p.A.WaitState("dstate", "r0", "UpToDate/UpToDate", 20*time.Second)
+
+	p.downBoth(t)
+	p.CompareDisks(t)
+	if !diskHolds(t, p.Disk[p.A], append(before, acked...)) {
+		t.Fatal("alice's disk lacks acknowledged writes")
+	}
+}
