@@ -484,12 +484,71 @@ func (s *scenario) checkResync(v *VM, why string, took time.Duration) error {
 	return nil
 }
 
+// disklessPrimary replaces the disk under the Primary v's mounted
+// filesystem, as a DRBD user would: detach, go on writing (v serves its
+// peer's disk), attach, and v resyncs only the blocks written meanwhile.
+func (s *scenario) disklessPrimary(v, peer *VM) error {
+	return s.step("on "+v.Name()+": detach its disk under the mounted filesystem, write files through "+peer.Name()+"'s disk, attach: it resyncs only what it missed", func() error {
+		nr := func() (int64, error) {
+			time.Sleep(1100 * time.Millisecond) // the status file's refresh
+			st, err := s.sh(v, "cat /run/drbdd/status")
+			return fieldInt(st, "nr:"), err
+		}
+		nr0, err := nr()
+		if err != nil {
+			return err
+		}
+		if _, err := s.adm(v, "detach r0"); err != nil {
+			return err
+		}
+		if err := s.waitDstate(v, "Diskless/UpToDate"); err != nil {
+			return err
+		}
+		if err := s.writeFiles(v, "files-diskless", s.o.Files/3); err != nil {
+			return err
+		}
+		if _, err := s.sh(v, "sync"); err != nil {
+			return err
+		}
+		start := time.Now()
+		if _, err := s.adm(v, "attach r0"); err != nil {
+			return err
+		}
+		if err := s.waitDstate(v, "UpToDate/UpToDate"); err != nil {
+			return err
+		}
+		took := time.Since(start)
+		nr1, err := nr()
+		if err != nil {
+			return err
+		}
+		// nr also counts the reads v sent to its peer while diskless,
+		// so this bounds the resync from above.
+		got := nr1 - nr0
+		size, err := s.sh(v, "cat /sys/block/vda/size")
+		if err != nil {
+			return err
+		}
+		sectors, _ := strconv.ParseInt(strings.TrimSpace(size), 10, 64)
+		r := Resync{Node: v.Name(), Why: "re-attached its disk as Primary", ReceivedKiB: got, DeviceKiB: sectors / 2, Took: took}
+		s.rep.Resyncs = append(s.rep.Resyncs, r)
+		limit := int64(labALExtents*alExtentKiB + resyncSlackKiB)
+		s.logf("resync: %s received %d KiB (limit %d KiB) in %v", v.Name(), got, limit, took.Round(time.Millisecond))
+		if got > limit {
+			return fmt.Errorf("the resync after the attach copied %d KiB, more than the %d KiB the diskless writes can explain", got, limit)
+		}
+		return s.verifyAll(v)
+	})
+}
+
 // RunScenario is the lab's main job (scripts/lab.sh). With two nodes a
 // and b it sets up resource r0, makes a Primary, puts ext4 on /dev/nbd0
 // with checksummed files and a running write load, writes a pattern with
 // sync(1) and with FUA writes and at once hard-kills a; b takes over and
 // checks every acknowledged write; a comes back as Secondary and resyncs
-// only what it missed; after more writes on b a planned switchover makes
+// only what it missed; b's disk is detached and attached again under its
+// mounted filesystem (b serves a's disk meanwhile) and b resyncs only
+// what it missed; after more writes on b a planned switchover makes
 // a Primary again; then a pattern is flushed and both nodes lose power at
 // once, and both disks must hold it; both come back and resync. With one
 // node it runs the single-node part: kill and restart with the checks.
@@ -793,6 +852,10 @@ func (s *scenario) runPair() error {
 		}
 		return s.checkResync(a, "returned after a crash", took)
 	}); err != nil {
+		return err
+	}
+
+	if err := s.disklessPrimary(b, a); err != nil {
 		return err
 	}
 
