@@ -232,6 +232,10 @@ print('bad', bad)
 	if strings.TrimSpace(got) != "bad []" {
 		t.Fatalf("reading back through diskless bob: %s", got)
 	}
+	// alice holds the only disk now: detaching it is refused.
+	if out, err := p.A.Adm("detach", "r0"); err == nil || !strings.Contains(out, "refusing to detach the only disk of a diskless Primary peer") {
+		t.Fatalf("detach on alice under diskless Primary bob: err=%v out=%q", err, out)
+	}
 	dirty := int64(len(chunks)) * 64
 	if oos := settledCounter(t, p.A, "oos"); oos != dirty {
 		t.Fatalf("alice oos:%d KiB, want the %d KiB bob wrote", oos, dirty)

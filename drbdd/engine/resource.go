@@ -455,16 +455,24 @@ var errDetachPrimary = errors.New("refusing to detach the disk of a Primary with
 // connected peer holds UpToDate data to serve.
 var errPromoteDiskless = errors.New("refusing to promote without a local disk: no connected peer with UpToDate data (attach or connect first)")
 
+// errDetachOnlyDisk refuses to detach the disk a diskless Primary peer
+// serves from: it is the only one, and the Primary's device would have
+// no data left.
+var errDetachOnlyDisk = errors.New("refusing to detach the only disk of a diskless Primary peer: its device would have no data (demote or attach the peer first, or detach --force)")
+
 // Detach releases the local disk (DRBD_ADM_DETACH). A Primary goes on
 // serving its peer's data, as DRBD's does, so it may detach only while
 // connected to an UpToDate peer (not during a resync, which the state
-// rules refuse).
+// rules refuse); and the disk of a diskless Primary's peer stays.
 func (r *Resource) Detach(ctx context.Context, force bool) error {
 	return r.act(ctx, func() error {
 		st := r.State()
 		if !force && r.ldev.Load() != nil && st.Role == replication.Primary &&
 			(r.sess.Load() == nil || st.Conn != replication.Connected || st.PDsk != replication.UpToDate) {
 			return fmt.Errorf("%s: %w", r.name, errDetachPrimary)
+		}
+		if !force && r.ldev.Load() != nil && st.Peer == replication.Primary && st.PDsk < replication.Inconsistent && st.Conn >= replication.Connected {
+			return fmt.Errorf("%s: %w", r.name, errDetachOnlyDisk)
 		}
 		return r.detach(force)
 	})
