@@ -314,3 +314,44 @@ func TestAsyncIOBatchRefusesOne(t *testing.T) {
 		t.Errorf("%d io_submit calls, want 3 (one taking the first, one refusing the second, one taking the third)", a.submits.Load())
 	}
 }
+
+// TestWriteAtBlocking writes through the blocking path of a device that
+// has AIO, from an aligned and from a misaligned buffer, and an unaligned
+// range (which takes WriteAt's path), and reads each back: no AIO
+// submission may happen for the blocking writes.
+func TestWriteAtBlocking(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(path, make([]byte, 64*BlockSize), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d, err := OpenFile(path, DirectOn)
+	if err != nil {
+		t.Skipf("open with O_DIRECT: %v (tmpfs has no O_DIRECT)", err)
+	}
+	defer d.Close()
+	if d.aio == nil {
+		t.Skip("no AIO context")
+	}
+	raw := make([]byte, 2*BlockSize+1)
+	for i := range raw {
+		raw[i] = byte(i*7 + 1)
+	}
+	aligned, _ := d.alignedBuf(BlockSize)
+	copy(aligned, raw)
+	before := d.aio.submits.Load()
+	for _, c := range []struct {
+		p   []byte
+		off int64
+	}{{aligned, 0}, {raw[1 : 1+BlockSize], 3 * BlockSize}, {raw[:100], 10*BlockSize + 7}} {
+		if n, err := WriteBlocking(d, c.p, c.off); err != nil || n != len(c.p) {
+			t.Fatalf("WriteBlocking at %d: %d, %v", c.off, n, err)
+		}
+		got := make([]byte, len(c.p))
+		if _, err := d.buffered.ReadAt(got, c.off); err != nil || !bytes.Equal(got, c.p) {
+			t.Fatalf("read back at %d: %v, equal %v", c.off, err, bytes.Equal(got, c.p))
+		}
+	}
+	if n := d.aio.submits.Load() - before; n != 0 {
+		t.Errorf("%d AIO submissions for blocking writes", n)
+	}
+}

@@ -118,6 +118,21 @@ type FUAWriter interface {
 	WriteAtFUA(p []byte, off int64) (int, error)
 }
 
+// BlockingWriter is implemented by devices whose WriteAt may go through
+// asynchronous I/O and that can also write with one blocking call.
+type BlockingWriter interface {
+	WriteAtBlocking(p []byte, off int64) (int, error)
+}
+
+// WriteBlocking writes p at off with a blocking call where d offers one,
+// else with WriteAt.
+func WriteBlocking(d Device, p []byte, off int64) (int, error) {
+	if b, ok := d.(BlockingWriter); ok {
+		return b.WriteAtBlocking(p, off)
+	}
+	return d.WriteAt(p, off)
+}
+
 // WriteFUA writes p at off and makes it durable before returning, with a
 // forced-unit-access write where the device has one and write+Sync
 // otherwise.

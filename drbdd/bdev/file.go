@@ -335,6 +335,27 @@ func (d *FileDevice) WriteAtFUA(p []byte, off int64) (int, error) {
 	return n, err
 }
 
+// WriteAtBlocking writes p at off like WriteAt, but with one blocking
+// system call where WriteAt would go through AIO: for a caller that would
+// only wait for the completion itself, the AIO submission, completion
+// event and reaping cost more time than the thread the call holds.
+func (d *FileDevice) WriteAtBlocking(p []byte, off int64) (int, error) {
+	if d.aio == nil || !aligned(p, off) {
+		return d.WriteAt(p, off)
+	}
+	if err := checkRange(off, int64(len(p)), d.size); err != nil {
+		return 0, err
+	}
+	buf := p
+	if !addrAligned(p) {
+		b, put := d.alignedBuf(len(p))
+		defer put()
+		copy(b, p)
+		buf = b
+	}
+	return d.direct.WriteAt(buf, off)
+}
+
 // PageCacheFile returns the file behind the device when its I/O goes
 // through the page cache, so that data can be spliced into and out of it;
 // it returns nil when O_DIRECT is in use.

@@ -747,6 +747,10 @@ func (s *session) recvWrite(kind writeKind, h protocol.DataHeader, blk *rxBlock,
 	// goroutine hand-off would only add latency, and the data can be
 	// written straight from the receive buffer. On a page-cache backed
 	// disk a write is a memory copy, so a burst is applied inline too.
+	// An inline write to a direct-I/O disk is one blocking call, not an
+	// AIO round (submission, completion event, reaping, hand-off back):
+	// the receiver would only wait for it anyway. In the lab's VMs that
+	// made writes at queue depth 1 about 13% faster.
 	inline := s.peerBuffers.idle() && (s.dataRd.Buffered() == 0 || !ld.direct())
 	if blk != nil && blk.held() {
 		// The pipe holds the block: the receiver can go on while it is
@@ -776,7 +780,7 @@ func (s *session) recvWrite(kind writeKind, h protocol.DataHeader, blk *rxBlock,
 	blk = nil // apply owns it now
 	apply := func() {
 		defer s.wg.Done()
-		err := r.applyPeerWrite(ld, kind, mine, off, n, h.DPFlags&protocol.DPFUA != 0)
+		err := r.applyPeerWrite(ld, kind, mine, off, n, h.DPFlags&protocol.DPFUA != 0, inline)
 		r.io.writes.release(lr)
 		mine.release()
 		s.peerBuffers.release(n)
@@ -805,8 +809,9 @@ func (s *session) recvWrite(kind writeKind, h protocol.DataHeader, blk *rxBlock,
 }
 
 // applyPeerWrite writes the peer's data locally, recording the extent in
-// the activity log first like an application write.
-func (r *Resource) applyPeerWrite(ld *localDisk, kind writeKind, blk *rxBlock, off, n int64, fua bool) error {
+// the activity log first like an application write. With blocking, a data
+// block in memory is written with one blocking call (see recvWrite).
+func (r *Resource) applyPeerWrite(ld *localDisk, kind writeKind, blk *rxBlock, off, n int64, fua, blocking bool) error {
 	if err := ld.beginWrite(off, n); err != nil {
 		r.localIOError("activity log update", off, err)
 		return err
@@ -815,7 +820,7 @@ func (r *Resource) applyPeerWrite(ld *localDisk, kind writeKind, blk *rxBlock, o
 	r.io.local.Add(1)
 	var err error
 	if kind == writeData {
-		err = blk.write(ld.dev, off, n, fua)
+		err = blk.write(ld.dev, off, n, fua, blocking)
 	} else {
 		err = localWrite(ld.dev, kind, nil, off, n, fua)
 	}

@@ -110,11 +110,17 @@ func (b *rxBlock) ownCopy() *rxBlock {
 // held reports whether part of the block is in pipes.
 func (b *rxBlock) held() bool { return b != nil && b.chain != nil }
 
-// write writes the next length bytes of the block to dev at off.
-func (b *rxBlock) write(dev bdev.Device, off, length int64, fua bool) error {
+// write writes the next length bytes of the block to dev at off; with
+// blocking, a block in memory goes in one blocking call where dev would
+// use AIO (bdev.WriteBlocking).
+func (b *rxBlock) write(dev bdev.Device, off, length int64, fua, blocking bool) error {
 	if b.chain == nil {
 		p := b.mem[b.pos : b.pos+length]
 		b.pos += length
+		if blocking && !fua {
+			_, err := bdev.WriteBlocking(dev, p, off)
+			return err
+		}
 		return localWrite(dev, writeData, p, off, length, fua)
 	}
 	var head []byte

@@ -476,7 +476,7 @@ func (y *syncState) gotData(d protocol.DataHeader, blk *rxBlock) error {
 			}
 			lo, hi := b*4096, min(end*4096, n)
 			mine.skip(lo - mine.pos)
-			err = mine.write(ld.dev, off+lo, hi-lo, false)
+			err = mine.write(ld.dev, off+lo, hi-lo, false, false)
 			b = end
 		}
 		r.io.local.Add(-1)
