@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -357,5 +358,206 @@ print('failed', ','.join(map(str, failed)), 'bad', bad)
 	p.CompareDisks(t)
 	if !diskHolds(t, p.Disk[p.A], append(before, acked...)) {
 		t.Fatal("alice's disk lacks acknowledged writes")
+	}
+}
+
+// nbdshIn runs an nbdsh script inside network namespace ns and returns
+// its output.
+func nbdshIn(t testing.TB, ns, uri, script string) string {
+	t.Helper()
+	cmd := exec.Command("ip", "netns", "exec", ns, "nbdsh", "-u", uri, "-c", script)
+	cmd.Env = append(os.Environ(), "PATH=/usr/bin:/bin:"+os.Getenv("PATH"))
+	b, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("nbdsh in %s: %v\n%s", ns, err, b)
+	}
+	return string(b)
+}
+
+// TestDisklessPrimaryProtocolA: under protocol A a write normally
+// completes once it is on the wire, because the Primary's own disk holds
+// it. A diskless Primary has no copy of its own, so its writes wait for
+// the peer's P_WRITE_ACK whatever the protocol: when the link is cut
+// under it, a write fails instead of being acknowledged and lost. Every
+// write acknowledged while the link was down must read back after the
+// reconnect, as must those from before the cut.
+func TestDisklessPrimaryProtocolA(t *testing.T) {
+	RequireTools(t, "nbdsh", "ip")
+	np := NewNetnsPair(t)
+	p := newNetnsNodes(t, np, "A", map[string]string{"ping-int": "2s", "connect-int": "2s", "ping-timeout": "1s", "timeout": "1s"})
+	p.Up(t)
+	p.InitialSync(t, p.A)
+	p.A.MustAdm("detach", "r0")
+	p.A.WaitState("dstate", "r0", "Diskless/UpToDate", 20*time.Second)
+	p.B.WaitState("dstate", "r0", "UpToDate/Diskless", 20*time.Second)
+
+	span := p.DataSize(t)
+	var before, during []wchunk
+	for i, c := range scatterChunks(0x7a, 16, 4096, span) {
+		if i%2 == 0 {
+			before = append(before, c)
+		} else {
+			during = append(during, c)
+		}
+	}
+	nbdshWriteIn(t, np.NS[0], p.URI[p.A], before)
+
+	if err := np.SetLink(0, false); err != nil {
+		t.Fatal(err)
+	}
+	f, layout := chunkFile(t, t.TempDir(), "during", during)
+	out := nbdshIn(t, np.NS[0], p.URI[p.A], fmt.Sprintf(`f = open(%q, 'rb')
+acked = []
+for off, n in %s:
+    b = f.read(n)
+    try:
+        h.pwrite(b, off)
+        acked.append(off)
+    except nbd.Error:
+        pass
+print('acked', ','.join(map(str, acked)) or '-')
+`, f, layout))
+	var ackedList string
+	if _, err := fmt.Sscanf(strings.TrimSpace(out), "acked %s", &ackedList); err != nil {
+		t.Fatalf("nbdsh: %q", out)
+	}
+	acked := map[int64]bool{}
+	for _, a := range strings.Split(ackedList, ",") {
+		if off, err := strconv.ParseInt(a, 10, 64); err == nil {
+			acked[off] = true
+		}
+	}
+	t.Logf("%d of %d writes acknowledged with the link down", len(acked), len(during))
+	for _, n := range p.Nodes() {
+		WaitFor(t, 20*time.Second, n.Name+" to notice the cut", func() bool {
+			return !strings.HasPrefix(admOut(n, "cstate"), "Connected")
+		})
+	}
+	if err := np.SetLink(0, true); err != nil {
+		t.Fatal(err)
+	}
+	p.A.WaitState("cstate", "r0", "Connected", 30*time.Second)
+	p.A.WaitState("dstate", "r0", "Diskless/UpToDate", 20*time.Second)
+
+	check := before
+	for _, c := range during {
+		if acked[c.off] {
+			check = append(check, c)
+		}
+	}
+	f2, layout2 := chunkFile(t, t.TempDir(), "check", check)
+	got := nbdshIn(t, np.NS[0], p.URI[p.A], fmt.Sprintf(`f = open(%q, 'rb')
+bad = [off for off, n in %s if h.pread(n, off) != f.read(n)]
+print('bad', bad)
+`, f2, layout2))
+	if strings.TrimSpace(got) != "bad []" {
+		t.Fatalf("acknowledged writes lost (read back through alice after the reconnect): %s", strings.TrimSpace(got))
+	}
+}
+
+// TestDisklessAfterSyncTargetDetach: a Primary that is SyncTarget (its
+// disk Inconsistent, resyncing from its peer) loses its disk. The device
+// then shows the peer's data, whose generation it must follow, not the
+// sync UUID its disk carries: it reconnects after the session ends, and
+// after a blip. While disconnected it refuses to attach its old disk,
+// which lacks what it acknowledged while diskless; connected, the attach
+// resyncs, and everything written reads back.
+func TestDisklessAfterSyncTargetDetach(t *testing.T) {
+	for _, pause := range []bool{false, true} {
+		name := "resync-running"
+		if pause {
+			name = "resync-paused"
+		}
+		t.Run(name, func(t *testing.T) { testDisklessAfterSyncTargetDetach(t, pause) })
+	}
+}
+
+func testDisklessAfterSyncTargetDetach(t *testing.T, pause bool) {
+	RequireTools(t, "nbdsh")
+	p := NewPair(t, PairOptions{Disk: map[string]string{"c-plan-ahead": "0", "resync-rate": "1M"}})
+	upSkipInitialSync(t, p)
+	span := p.DataSize(t)
+
+	// bob writes while alice is away: alice becomes his SyncTarget.
+	p.A.MustAdm("disconnect", "r0")
+	p.B.MustAdm("primary", "r0")
+	nbdshWrite(t, p.URI[p.B], scatterChunks(0x33, 64, 64<<10, span))
+	demote(t, p.B)
+	p.A.MustAdm("connect", "r0")
+	p.A.WaitState("cstate", "r0", "SyncTarget", 20*time.Second)
+	if pause {
+		p.A.MustAdm("pause-sync", "r0")
+		p.A.WaitState("cstate", "r0", "PausedSyncT", 10*time.Second)
+	}
+	p.A.MustAdm("primary", "r0")
+	p.A.MustAdm("detach", "--force", "r0")
+	p.A.WaitState("cstate", "r0", "Connected", 20*time.Second)
+	p.A.WaitState("dstate", "r0", "Diskless/UpToDate", 20*time.Second)
+
+	// Written while diskless, beside bob's chunks.
+	chunks := scatterChunks(0x44, 8, 64<<10, span)
+	for i := range chunks {
+		chunks[i].off += 512 << 10
+		chunks[i].data = tagPattern(0x44, chunks[i].off, len(chunks[i].data))
+	}
+	nbdshWrite(t, p.URI[p.A], chunks)
+
+	// A blip: alice must take bob's data again.
+	p.B.MustAdm("disconnect", "r0")
+	p.B.MustAdm("connect", "r0")
+	p.A.WaitState("cstate", "r0", "Connected", 20*time.Second)
+	p.A.WaitState("dstate", "r0", "Diskless/UpToDate", 20*time.Second)
+
+	// Disconnected, the old disk must stay out.
+	p.A.MustAdm("disconnect", "r0")
+	if out, err := p.A.Adm("attach", "r0"); err == nil {
+		t.Fatalf("alice attached her old disk while disconnected: %s %s %s (%s)", admOut(p.A, "role"), admOut(p.A, "cstate"), admOut(p.A, "dstate"), out)
+	} else {
+		t.Logf("attach while disconnected refused: %s", strings.TrimSpace(out))
+	}
+	p.A.MustAdm("connect", "r0")
+	p.A.WaitState("cstate", "r0", "Connected", 20*time.Second)
+	p.A.MustAdm("attach", "r0")
+	if pause {
+		WaitFor(t, 20*time.Second, "alice's resync to start", func() bool {
+			cs := admOut(p.A, "cstate")
+			return cs == "SyncTarget" || cs == "PausedSyncT"
+		})
+		if admOut(p.A, "cstate") == "PausedSyncT" {
+			p.A.MustAdm("resume-sync", "r0")
+		}
+	}
+	p.A.WaitState("dstate", "r0", "UpToDate/UpToDate", 2*time.Minute)
+	f, layout := chunkFile(t, t.TempDir(), "chunks", chunks)
+	got := Nbdsh(t, time.Minute, p.URI[p.A], fmt.Sprintf(`f = open(%q, 'rb')
+bad = [off for off, n in %s if h.pread(n, off) != f.read(n)]
+print('bad', bad)
+`, f, layout))
+	if strings.TrimSpace(got) != "bad []" {
+		t.Fatalf("writes acknowledged while diskless read back wrong: %s", got)
+	}
+	p.downBoth(t)
+	p.CompareDisks(t)
+}
+
+// TestDetachedPrimaryDiskComesBackOutdated: a Primary detaches its disk
+// and writes on, diskless; then both nodes crash. The detached disk must
+// come back Outdated, not UpToDate from the flags it had, so that it
+// cannot be promoted alone (without --force) with stale data.
+func TestDetachedPrimaryDiskComesBackOutdated(t *testing.T) {
+	RequireTools(t, "nbdsh")
+	p := NewPair(t, PairOptions{})
+	p.Up(t)
+	p.InitialSync(t, p.A)
+	p.A.MustAdm("detach", "r0")
+	p.A.WaitState("dstate", "r0", "Diskless/UpToDate", 20*time.Second)
+	nbdshWrite(t, p.URI[p.A], scatterChunks(0x55, 8, 64<<10, p.DataSize(t)))
+	p.A.Kill()
+	p.B.Kill()
+	p.A.Start()
+	p.A.MustAdm("up", "r0")
+	p.A.WaitState("dstate", "r0", "Outdated/DUnknown", 20*time.Second)
+	if out, err := p.A.Adm("primary", "r0"); err == nil {
+		t.Fatalf("alice was promoted alone on the disk she had detached: %s", out)
 	}
 }

@@ -16,8 +16,9 @@ const replPort = 7789
 
 // newNetnsNodes starts alice in np's first namespace and bob in its
 // second, with resource r0 on 10.77.0.1/2 and the NBD export listening
-// inside each node's namespace.
-func newNetnsNodes(t *testing.T, np *NetnsPair) *Pair {
+// inside each node's namespace. proto is the wire protocol ("" for C)
+// and net overrides net: options.
+func newNetnsNodes(t *testing.T, np *NetnsPair, proto string, net map[string]string) *Pair {
 	t.Helper()
 	a, b := NewNode(t, "alice"), NewNode(t, "bob")
 	p := &Pair{A: a, B: b, URI: map[*Node]string{}, Disk: map[*Node]string{}, Size: 64 << 20}
@@ -30,7 +31,11 @@ func newNetnsNodes(t *testing.T, np *NetnsPair) *Pair {
 		p.URI[n] = fmt.Sprintf("nbd://%s:10809/r0", np.IP[i])
 		p.Disk[n] = disk
 	}
-	p.Res = Resource{Name: "r0", Net: map[string]string{"connect-int": "1s", "ping-int": "1s", "ping-timeout": "500ms", "timeout": "600ms"}, Hosts: hosts}
+	opts := map[string]string{"connect-int": "1s", "ping-int": "1s", "ping-timeout": "500ms", "timeout": "600ms"}
+	for k, v := range net {
+		opts[k] = v
+	}
+	p.Res = Resource{Name: "r0", Protocol: proto, Net: opts, Hosts: hosts}
 	WriteResource(t, p.Res, a, b)
 	a.Start()
 	b.Start()
@@ -66,7 +71,7 @@ func fioVerify(t *testing.T, np *NetnsPair, i int, uri, name, rw, size string, q
 func TestReplicationInNetns(t *testing.T) {
 	RequireTools(t, "fio", "ip")
 	np := NewNetnsPair(t)
-	p := newNetnsNodes(t, np)
+	p := newNetnsNodes(t, np, "", nil)
 	p.Up(t)
 	p.InitialSync(t, p.A)
 	fioVerify(t, np, 0, p.URI[p.A], "netns-randwrite", "randwrite", "16M", 16)
@@ -178,7 +183,7 @@ func TestNetnsPair(t *testing.T) {
 func TestSplitBrainAfterNetworkCut(t *testing.T) {
 	RequireTools(t, "nbdsh", "ip")
 	np := NewNetnsPair(t)
-	p := newNetnsNodes(t, np)
+	p := newNetnsNodes(t, np, "", nil)
 	p.Up(t)
 	p.InitialSync(t, p.A)
 
@@ -232,7 +237,7 @@ func TestSplitBrainAfterNetworkCut(t *testing.T) {
 func TestNetworkCutResyncsOnlyDirty(t *testing.T) {
 	RequireTools(t, "nbdsh", "ip")
 	np := NewNetnsPair(t)
-	p := newNetnsNodes(t, np)
+	p := newNetnsNodes(t, np, "", nil)
 	p.Up(t)
 	p.InitialSync(t, p.A)
 

@@ -183,6 +183,18 @@ func (ld *localDisk) syncFlags(s replication.State) error {
 	return ld.md.Update(func(sb *meta.Superblock) { sb.Flags = sb.Flags&^owned | want })
 }
 
+// markOutdated clears the disk's was-up-to-date flag: a consistent disk
+// then attaches Outdated, an inconsistent one stays Inconsistent. It only
+// ever lowers what the flags claim, so it is safe on a failing disk too.
+func (ld *localDisk) markOutdated() error {
+	ld.mu.Lock()
+	defer ld.mu.Unlock()
+	if ld.md.Superblock().Flags&meta.MDFWasUpToDate == 0 {
+		return nil
+	}
+	return ld.md.Update(func(sb *meta.Superblock) { sb.Flags &^= meta.MDFWasUpToDate })
+}
+
 // FlagsForState returns the state-derived metadata flags (DRBD's rule in
 // __drbd_set_state): Primary indicator, connected indicator, consistent,
 // was-up-to-date and peer-outdated.
@@ -306,8 +318,10 @@ func (r *Resource) Attach(ctx context.Context, dc netlink.DiskConf) error {
 
 // checkPrimaryAttach refuses a disk a diskless Primary cannot take: one of
 // another size than its device, and, while disconnected, one that does
-// not hold the data the device shows (DRBD's "Can only attach to data
-// with current UUID"). While connected the sync handshake decides.
+// not hold the data the device shows: not UpToDate by its flags, missing
+// writes acknowledged while diskless, or of another generation (DRBD's
+// "Can only attach to data with current UUID"). While connected the sync
+// handshake decides.
 func (r *Resource) checkPrimaryAttach(ld *localDisk, connected bool) error {
 	if r.State().Role != replication.Primary {
 		return nil
@@ -315,8 +329,17 @@ func (r *Resource) checkPrimaryAttach(ld *localDisk, connected bool) error {
 	if size := r.capacity.Load(); size != 0 && size != ld.size {
 		return fmt.Errorf("the disk holds %d KiB but the device shows %d KiB", ld.size>>10, size>>10)
 	}
+	if connected {
+		return nil
+	}
+	if r.disklessAcked.Load() {
+		return errors.New("writes were acknowledged while diskless and only the peer holds them: attach while connected")
+	}
+	if d, _ := DiskStateFromFlags(ld.flags(), r.checkContext(true).Fencing); d < replication.UpToDate {
+		return fmt.Errorf("a disconnected Primary needs UpToDate data, and the disk is %s", d)
+	}
 	want := r.exposedUUID.Load()
-	if !connected && want != 0 && ld.uuids().Current&^meta.UUIDPrimaryBit != want&^meta.UUIDPrimaryBit {
+	if want != 0 && ld.uuids().Current&^meta.UUIDPrimaryBit != want&^meta.UUIDPrimaryBit {
 		return fmt.Errorf("can only attach to data with current UUID=%016X (the disk's is %016X)", want, ld.uuids().Current)
 	}
 	return nil

@@ -15,7 +15,10 @@ import (
 // name. Metadata I/O is not affected.
 const diskFaultEnv = "DRBDD_FAULT_DISK_DIR"
 
-// faultyDevice fails data I/O while its trigger file exists.
+// faultyDevice fails data I/O while its trigger file exists. It hides the
+// optional interfaces of the device it wraps (direct I/O, splicing into
+// the page cache, native trim, zeroing and FUA), so a disk under fault
+// injection takes the plain read and write paths.
 type faultyDevice struct {
 	bdev.Device
 	trigger string

@@ -179,9 +179,10 @@ func (r *Resource) read(p []byte, off int64) error {
 	r.io.local.Add(-1)
 	if err != nil {
 		err = r.ioError("read", off, err)
-		if r.peerServes() {
+		if r.peerServes() && !ld.anyOutOfSync(off, int64(len(p))) {
 			// As DRBD does, a failed local read is retried on the
-			// peer's UpToDate data (on-io-error detaches the disk).
+			// peer's UpToDate data (on-io-error detaches the disk),
+			// unless this disk holds newer blocks of the range.
 			return r.readFromPeer(p, off)
 		}
 		return err
@@ -443,7 +444,7 @@ func (r *Resource) writeLocked(ld *localDisk, kind writeKind, p []byte, off, len
 	var q *peerReq
 	s := r.sess.Load()
 	if s != nil && r.State().PDsk >= replication.Inconsistent {
-		q = s.submitWrite(kind, p, off, length, fua)
+		q = s.submitWrite(kind, p, off, length, fua, false)
 	}
 	r.io.local.Add(1)
 	err := localWrite(ld.dev, kind, p, off, length, fua)
@@ -461,15 +462,24 @@ func (r *Resource) writePeerOnly(kind writeKind, p []byte, off, length int64, fu
 		st := r.State()
 		return fmt.Errorf("%s: %w (local disk %s, peer %s)", r.name, errNoUpToDateData, st.Disk, st.PDsk)
 	}
-	q := s.submitWrite(kind, p, off, length, fua)
+	// Whatever the protocol, the write is done only once it is on the
+	// peer's disk: with A or B a network failure would lose a write that
+	// no other copy holds.
+	q := s.submitWrite(kind, p, off, length, fua, true)
 	if q == nil {
 		return fmt.Errorf("%s: write at %d: %w", r.name, off, errPeerLost)
 	}
 	<-q.done
 	s.writeCompleted()
+	if q.err == nil && !q.writeAck && s.wireProto != protocol.ProtocolC {
+		// A peer older than protocol 100 acks by the wire protocol
+		// only: its barrier ack says the write is on its disk.
+		q.err = s.flush()
+	}
 	if q.err != nil {
 		return fmt.Errorf("%s: write at %d on the peer (the only disk): %w", r.name, off, q.err)
 	}
+	r.disklessAcked.Store(true)
 	return nil
 }
 
@@ -553,11 +563,12 @@ func (r *Resource) flush() error {
 	ld := r.ioDisk()
 	if ld == nil {
 		// Diskless: the peer's disk is the only one.
-		if !r.peerServes() {
+		s := r.sess.Load()
+		if s == nil || s.ctx.Err() != nil || r.State().PDsk != replication.UpToDate {
 			st := r.State()
 			return fmt.Errorf("%s: flush: %w (local disk %s, peer %s)", r.name, errNoUpToDateData, st.Disk, st.PDsk)
 		}
-		if err := r.sess.Load().flush(); err != nil {
+		if err := s.flush(); err != nil {
 			return fmt.Errorf("%s: flush on the peer (the only disk): %w", r.name, err)
 		}
 		return nil

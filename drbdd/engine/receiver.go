@@ -40,6 +40,9 @@ func (s *session) handshake() error {
 		// negotiated is the state an attaching disk (Negotiating) gets
 		// from its flags, which the sync handshake uses in its place.
 		negotiated replication.DiskState
+		// ld is the disk the handshake speaks for (nil when diskless):
+		// a disk attached or detached meanwhile makes it start over.
+		ld *localDisk
 	}
 	err := r.act(s.ctx, func() error {
 		if r.conn != c {
@@ -52,6 +55,7 @@ func (s *session) handshake() error {
 			return err
 		}
 		my.st = ns
+		my.ld = ld
 		if ld == nil || ns.Disk < replication.Negotiating {
 			my.diskless = true
 			my.size = r.capacity.Load()
@@ -228,6 +232,9 @@ func (s *session) handshake() error {
 	if my.diskless || peerDiskless() {
 		// One side has no disk: there is nothing to compare or resync.
 		err := r.act(s.ctx, func() error {
+			if r.ldev.Load() != my.ld {
+				return errRehandshake
+			}
 			ns := r.State()
 			ns.Conn, ns.Peer, ns.PDsk = replication.Connected, peerState.Role, peerState.Disk
 			if ns.Disk == replication.Negotiating {
@@ -296,9 +303,9 @@ func (s *session) handshake() error {
 			r.logf("%s: %s", c.peerName, l)
 		}
 	}
-	ld := r.ldev.Load()
-	if ld == nil {
-		return fmt.Errorf("local disk detached during handshake")
+	ld := my.ld
+	if r.ldev.Load() != ld {
+		return errRehandshake // the disk changed during the handshake
 	}
 	if d.SelfRepaired {
 		if err := ld.updateUUIDs(func(u *meta.UUIDs) { *u = d.Self }); err != nil {
@@ -338,11 +345,15 @@ func (s *session) handshake() error {
 			r.logf("%s: No resync, but %d bits in bitmap!", c.peerName, bits)
 		}
 		err = r.act(s.ctx, func() error {
+			if r.ldev.Load() != ld {
+				return errRehandshake
+			}
 			ns := r.State()
 			ns.Conn, ns.Peer, ns.PDsk = replication.Connected, peerState.Role, peerState.Disk
 			if ns.Disk == replication.Negotiating {
 				ns.Disk = my.negotiated
 			}
+			r.disklessAcked.Store(false) // the disk has joined
 			// Same generation: a Consistent/Outdated side learns it is
 			// as up to date as its UpToDate peer.
 			if ns.PDsk == replication.UpToDate && (ns.Disk == replication.Consistent || ns.Disk == replication.Outdated) {
@@ -358,7 +369,7 @@ func (s *session) handshake() error {
 			return err
 		}
 	case meta.ActionSyncSource, meta.ActionSyncTarget:
-		if err := s.startSync(d, peerState, peerGen.UUIDs); err != nil {
+		if err := s.startSync(ld, d, peerState, peerGen.UUIDs); err != nil {
 			return err
 		}
 	}
@@ -376,15 +387,18 @@ func (s *session) publish() {
 
 // startSync exchanges bitmaps and the sync UUID and enters SyncSource or
 // SyncTarget (DRBD's WFBitMapS/T and WFSyncUUID steps).
-func (s *session) startSync(d meta.Decision, peerState protocol.State, peerUUIDs meta.UUIDs) error {
+func (s *session) startSync(ld *localDisk, d meta.Decision, peerState protocol.State, peerUUIDs meta.UUIDs) error {
 	r := s.r
-	ld := r.ldev.Load()
 	source := d.Action == meta.ActionSyncSource
 	wf := replication.WFBitMapT
 	if source {
 		wf = replication.WFBitMapS
 	}
 	if err := r.act(s.ctx, func() error {
+		if r.ldev.Load() != ld {
+			return errRehandshake // the disk changed during the handshake
+		}
+		r.disklessAcked.Store(false) // the disk joins: the resync brings it the rest
 		ns := r.State()
 		ns.Conn, ns.Peer, ns.PDsk = wf, peerState.Role, peerState.Disk
 		return r.setState(ns, true)
@@ -505,11 +519,18 @@ func (s *session) sendState() {
 	s.queuePayload(protocol.PState, s.statePacket())
 }
 
-// sendStateNow sends our current state on the data socket at once, for a
-// change that must reach the peer before the writes that follow it.
+// sendStateNow sends our current state and returns once it is on the data
+// socket, for a change that must reach the peer before the writes that
+// follow it. It goes through the worker's queue, behind any older P_STATE
+// still waiting there, so the peer cannot see an older state last.
 func (s *session) sendStateNow() {
-	if err := s.dataW.send(protocol.PState, s.statePacket().MarshalAppend(nil)); err != nil {
-		s.cancel(fmt.Errorf("sending %s: %w", protocol.PState, err))
+	p := &outPacket{cmd: protocol.PState, payload: s.statePacket().MarshalAppend(nil), sent: make(chan struct{})}
+	if !s.queue(p) {
+		return
+	}
+	select {
+	case <-p.sent:
+	case <-s.ctx.Done():
 	}
 }
 

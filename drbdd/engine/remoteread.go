@@ -31,6 +31,11 @@ func (r *Resource) needsPeer(ld *localDisk, off, n int64) bool {
 	if r.State().Disk == replication.UpToDate {
 		return false
 	}
+	return ld.anyOutOfSync(off, n)
+}
+
+// anyOutOfSync reports whether a block of [off, off+n) is out of sync.
+func (ld *localDisk) anyOutOfSync(off, n int64) bool {
 	ld.mu.Lock()
 	defer ld.mu.Unlock()
 	bm := ld.md.Bitmap()

@@ -93,6 +93,11 @@ type Resource struct {
 	// need the peer wait for the new session instead of failing, so that
 	// the device's users see a pause, not an error.
 	rehandshakeUntil atomic.Int64
+	// disklessAcked is set once a diskless Primary acknowledged a write
+	// (which only the peer's disk holds) and cleared when an attached disk
+	// joins through the sync handshake: until then, no disk attached
+	// while disconnected can hold what the device shows.
+	disklessAcked atomic.Bool
 
 	io ioState
 }
@@ -342,7 +347,9 @@ func (r *Resource) Primary(ctx context.Context, force bool) error {
 	cerr := s.clusterStateChange(ctx, protocol.State{Role: protocol.RoleMask}, protocol.State{Role: replication.Primary})
 	return r.act(ctx, func() error {
 		r.clusterChangePending = false
-		if cerr != nil && !errors.Is(cerr, errPeerLost) {
+		// A peer lost meanwhile no longer objects; but a diskless node
+		// needs the peer that agreed (its new generation comes first).
+		if cerr != nil && (!errors.Is(cerr, errPeerLost) || r.ldev.Load() == nil) {
 			return cerr
 		}
 		return r.promote(force)
@@ -455,6 +462,10 @@ var errDetachPrimary = errors.New("refusing to detach the disk of a Primary with
 // connected peer holds UpToDate data to serve.
 var errPromoteDiskless = errors.New("refusing to promote without a local disk: no connected peer with UpToDate data (attach or connect first)")
 
+// errDetachOutOfSync refuses to detach a Primary's disk while it holds
+// blocks the peer lacks.
+var errDetachOutOfSync = errors.New("refusing to detach the disk of a Primary that holds blocks its peer lacks: resync first (or detach --force)")
+
 // errDetachOnlyDisk refuses to detach the disk a diskless Primary peer
 // serves from: it is the only one, and the Primary's device would have
 // no data left.
@@ -474,6 +485,12 @@ func (r *Resource) Detach(ctx context.Context, force bool) error {
 		if !force && r.ldev.Load() != nil && st.Peer == replication.Primary && st.PDsk < replication.Inconsistent && st.Conn >= replication.Connected {
 			return fmt.Errorf("%s: %w", r.name, errDetachOnlyDisk)
 		}
+		if ld := r.ldev.Load(); !force && ld != nil && st.Role == replication.Primary && ld.bitsSet() > 0 {
+			// Blocks only this disk holds (the peer failed them, or
+			// verify found them): without the disk they would be read
+			// from the peer's older copy.
+			return fmt.Errorf("%s: %w (%d KiB out of sync)", r.name, errDetachOutOfSync, ld.outOfSyncKiB())
+		}
 		return r.detach(force)
 	})
 }
@@ -486,14 +503,33 @@ func (r *Resource) detach(force bool) error {
 	os := r.State()
 	ns := os
 	ns.Disk = replication.Diskless
+	if err := replication.Check(os, ns, r.checkContext(force)); err != nil {
+		return err
+	}
+	s := r.sess.Load()
+	inUse := os.Disk >= replication.Inconsistent || os.Disk == replication.Failed
+	if inUse && s != nil && os.PDsk == replication.UpToDate && (os.Role == replication.Primary || os.Peer == replication.Primary) {
+		// The Primary writes on without this disk: mark it no longer
+		// UpToDate, so that after a crash of both nodes it does not come
+		// back UpToDate from its flags and get promoted with stale data.
+		if err := ld.markOutdated(); err != nil {
+			r.logf("detach: marking the disk Outdated: %v", err)
+		}
+	}
 	if err := r.setState(ns, force); err != nil {
 		return err
 	}
 	// A disk that was in use (not one still attaching) leaves a Primary
-	// showing the data it held.
-	if ns.Role == replication.Primary && (os.Disk >= replication.Inconsistent || os.Disk == replication.Failed) {
-		r.exposedUUID.Store(ld.uuids().Current)
-		if s := r.sess.Load(); s != nil {
+	// showing the data it held, or while connected to UpToDate data the
+	// peer's generation (a SyncTarget's own current UUID is only the
+	// sync UUID).
+	if ns.Role == replication.Primary && inUse {
+		exposed := ld.uuids().Current
+		if s != nil && os.PDsk == replication.UpToDate && s.peerCurrent.Load() != 0 {
+			exposed = s.peerCurrent.Load()
+		}
+		r.exposedUUID.Store(exposed)
+		if s != nil {
 			// The peer must learn that this disk is gone before the
 			// first write that skips it: it marks the writes of a
 			// diskless Primary out of sync, for this disk's next attach.
@@ -502,6 +538,13 @@ func (r *Resource) detach(force bool) error {
 			// the data socket.
 			s.sendStateNow()
 		}
+	}
+	if s != nil && os.Conn.IsSyncing() {
+		// A forced detach (or a disk error) in the middle of a resync
+		// or verify: the resync cannot go on without the disk. End the
+		// session, as a resync reply finding no disk would, so that
+		// both nodes reconnect and agree on the diskless state.
+		s.cancel(errors.New("local disk detached during resync"))
 	}
 	r.retiring.Store(ld)
 	r.ldev.Store(nil)

@@ -38,6 +38,8 @@ type sessionEnd struct {
 type outPacket struct {
 	cmd     protocol.Cmd
 	payload []byte
+	// sent, when not nil, is closed once the packet is on the socket.
+	sent chan struct{}
 }
 
 // peerReq is an application write waiting for the peer.
@@ -48,6 +50,10 @@ type peerReq struct {
 	done   chan struct{}
 	err    error // valid once done is closed
 	once   sync.Once
+	// writeAck is set when only the peer's P_WRITE_ACK completes the
+	// request, whatever the wire protocol: the write of a diskless
+	// Primary, whose only copy is the peer's disk.
+	writeAck bool
 }
 
 func (q *peerReq) resolve(err error) {
@@ -460,6 +466,9 @@ func (s *session) worker() error {
 		if err := s.dataW.send(p.cmd, p.payload); err != nil {
 			return fmt.Errorf("sending %s: %w", p.cmd, err)
 		}
+		if p.sent != nil {
+			close(p.sent)
+		}
 	}
 }
 
@@ -616,9 +625,11 @@ func (s *session) gotMeta(cmd protocol.Cmd, payload []byte) error {
 
 // submitWrite sends an application write to the peer. It returns nil when
 // the session is closing; the caller then marks the blocks out of sync.
-func (s *session) submitWrite(kind writeKind, p []byte, off, n int64, fua bool) *peerReq {
+// With onlyCopy (a diskless Primary's write) the request completes at the
+// peer's P_WRITE_ACK whatever the wire protocol (see peerReq.writeAck).
+func (s *session) submitWrite(kind writeKind, p []byte, off, n int64, fua, onlyCopy bool) *peerReq {
 	s.sendMu.Lock()
-	q, hdr, barrier := s.registerWriteLocked(off, n, fua)
+	q, hdr, barrier := s.registerWriteLocked(off, n, fua, onlyCopy)
 	if q == nil {
 		s.sendMu.Unlock()
 		return nil
@@ -659,7 +670,7 @@ func (s *session) submitWrite(kind writeKind, p []byte, off, n int64, fua bool) 
 func (s *session) submitWritePiped(head []byte, tc *zerocopy.Chain, off, n int64) *peerReq {
 	defer tc.Release(s.splice.tx.Put)
 	s.sendMu.Lock()
-	q, hdr, barrier := s.registerWriteLocked(off, n, false)
+	q, hdr, barrier := s.registerWriteLocked(off, n, false, false)
 	if q == nil {
 		s.sendMu.Unlock()
 		return nil
@@ -686,8 +697,9 @@ func (s *session) submitWritePiped(head []byte, tc *zerocopy.Chain, off, n int64
 // the barrier to send first), records the write as pending in the
 // transfer log and builds its p_data header. It returns a nil peerReq if
 // the session is closed. Caller holds sendMu.
-func (s *session) registerWriteLocked(off, n int64, fua bool) (q *peerReq, hdr protocol.DataHeader, barrier []byte) {
-	q = &peerReq{off: off, n: n, sentAt: time.Now(), done: make(chan struct{})}
+func (s *session) registerWriteLocked(off, n int64, fua, onlyCopy bool) (q *peerReq, hdr protocol.DataHeader, barrier []byte) {
+	// Before protocol 100 the peer acks by the wire protocol alone.
+	q = &peerReq{off: off, n: n, sentAt: time.Now(), done: make(chan struct{}), writeAck: onlyCopy && s.version >= 100}
 	// A write that may depend on a completed one opens a new epoch; its
 	// barrier goes out in the same flush as the data packet.
 	if s.epochWrites > 0 && (s.epochCompletion || s.epochWrites >= s.maxEpochWrites) {
@@ -715,10 +727,10 @@ func (s *session) registerWriteLocked(off, n int64, fua bool) (q *peerReq, hdr p
 		hdr.DPFlags |= protocol.DPFUA
 	}
 	if s.version >= 100 {
-		switch s.wireProto {
-		case protocol.ProtocolC:
+		switch {
+		case s.wireProto == protocol.ProtocolC || q.writeAck:
 			hdr.DPFlags |= protocol.DPSendWriteAck
-		case protocol.ProtocolB:
+		case s.wireProto == protocol.ProtocolB:
 			hdr.DPFlags |= protocol.DPSendReceiveAck
 		}
 	}
@@ -734,7 +746,7 @@ func (s *session) submitted(q *peerReq, cmd protocol.Cmd, sent int, err error) *
 		return q // teardown resolves it
 	}
 	s.r.io.netSend.Add(uint64(sent))
-	if s.wireProto == protocol.ProtocolA {
+	if s.wireProto == protocol.ProtocolA && !q.writeAck {
 		// Protocol A: done once the data is on the wire.
 		s.pmu.Lock()
 		_, ok := s.pending[q.id]
