@@ -561,3 +561,114 @@ func TestDetachedPrimaryDiskComesBackOutdated(t *testing.T) {
 		t.Fatalf("alice was promoted alone on the disk she had detached: %s", out)
 	}
 }
+
+// TestDisklessWritesSurviveUnseenDetach: alice (Primary) detaches her
+// disk while the link to bob is already cut but the cut is not yet
+// noticed, so bob never processes her P_STATE(Diskless) and starts no
+// new generation. Alice reconnects diskless (bob's current UUID is the
+// one she exposes) and writes W, which only bob holds, in his bitmap,
+// under the generation alice's old disk still carries. Alice then
+// demotes and attaches her old disk: it must become SyncTarget (it lacks
+// W), and W must survive on both disks.
+func TestDisklessWritesSurviveUnseenDetach(t *testing.T) {
+	testUnseenDetach(t, true)
+}
+
+// TestDisklessUnseenDetachReconnects: as above without the extra
+// reconnect after the initial sync: alice's record of bob's current UUID
+// (session.peerCurrent) is still bob's just-created UUID from before the
+// sync, and the detach exposes that stale UUID. The reconnect must
+// succeed all the same (bob holds exactly the data alice showed).
+func TestDisklessUnseenDetachReconnects(t *testing.T) {
+	testUnseenDetach(t, false)
+}
+
+func testUnseenDetach(t *testing.T, reconnectFirst bool) {
+	RequireTools(t, "nbdsh", "ip")
+	np := NewNetnsPair(t)
+	p := newNetnsNodes(t, np, "", map[string]string{"ping-int": "6s", "ping-timeout": "1s", "timeout": "1500ms", "connect-int": "2s"})
+	p.Up(t)
+	p.InitialSync(t, p.A)
+	if reconnectFirst {
+		// A fresh handshake while both are Secondary (no new
+		// generation, no resync), so that alice knows bob's current UUID.
+		demote(t, p.A)
+		p.B.MustAdm("disconnect", "r0")
+		p.B.MustAdm("connect", "r0")
+		p.WaitSynced(t, 30*time.Second)
+		p.A.MustAdm("primary", "r0")
+	}
+	t.Logf("alice %s, bob %s", admOut(p.A, "get-gi"), admOut(p.B, "get-gi"))
+
+	if err := np.SetLink(0, false); err != nil {
+		t.Fatal(err)
+	}
+	// The cut is not noticed yet (ping-int 6s): the detach goes ahead,
+	// but its P_STATE never reaches bob.
+	p.A.MustAdm("detach", "r0")
+	for _, n := range p.Nodes() {
+		WaitFor(t, 30*time.Second, n.Name+" to notice the cut", func() bool {
+			return !strings.HasPrefix(admOut(n, "cstate"), "Connected")
+		})
+	}
+	if err := np.SetLink(0, true); err != nil {
+		t.Fatal(err)
+	}
+	WaitFor(t, 30*time.Second, "alice to reconnect diskless", func() bool {
+		if cs := admOut(p.A, "cstate"); cs == "StandAlone" {
+			for _, m := range logAllMatches(p.A, `.*giving up.*`) {
+				t.Log(m[0])
+			}
+			t.Fatalf("alice (diskless Primary) went StandAlone; exposed a stale UUID? alice %s, bob %s", admOut(p.A, "get-gi"), admOut(p.B, "get-gi"))
+		}
+		return admOut(p.A, "cstate") == "Connected" && admOut(p.A, "dstate") == "Diskless/UpToDate"
+	})
+	t.Logf("alice reconnected diskless; bob's UUIDs: %v", admOut(p.B, "get-gi"))
+
+	w := scatterChunks(0x5e, 8, 64<<10, p.DataSize(t))
+	nbdshWriteIn(t, np.NS[0], p.URI[p.A], w)
+	t.Logf("bob after alice's diskless writes: %v", admOut(p.B, "get-gi"))
+
+	demote(t, p.A)
+	p.A.MustAdm("attach", "r0")
+	mark := logLen(p.A)
+	waitLogAfter(t, p.A, mark, `Resync done|uuid_compare\(\)=0`, time.Minute)
+	for _, n := range p.Nodes() {
+		n.WaitState("cstate", "r0", "Connected", 30*time.Second)
+	}
+	t.Logf("after the attach: alice %s %s, bob %s %s", admOut(p.A, "cstate"), admOut(p.A, "dstate"), admOut(p.B, "cstate"), admOut(p.B, "dstate"))
+	p.downBoth(t)
+	if !diskHolds(t, p.Disk[p.B], w) {
+		t.Errorf("bob's disk lost writes acknowledged while alice was diskless")
+	}
+	if !diskHolds(t, p.Disk[p.A], w) {
+		t.Errorf("alice's disk lacks writes acknowledged while she was diskless")
+	}
+}
+
+// TestDisklessAckedClearedAfterDemote: a diskless Primary writes, loses
+// its peer, and the admin takes the way out: demote, attach the old disk
+// (it comes back Outdated), primary --force. The device then shows that
+// disk's data, so a later forced detach of this disconnected Primary's
+// disk can be undone by attaching the same disk again: the refusal for
+// "writes acknowledged while diskless" no longer applies.
+func TestDisklessAckedClearedAfterDemote(t *testing.T) {
+	RequireTools(t, "nbdsh")
+	p := NewPair(t, PairOptions{})
+	p.Up(t)
+	p.InitialSync(t, p.A)
+	p.A.MustAdm("detach", "r0")
+	p.A.WaitState("dstate", "r0", "Diskless/UpToDate", 20*time.Second)
+	nbdshWrite(t, p.URI[p.A], scatterChunks(0x61, 4, 64<<10, p.DataSize(t)))
+	p.A.MustAdm("disconnect", "r0")
+	demote(t, p.A)
+	p.A.MustAdm("attach", "r0")
+	p.A.MustAdm("primary", "--force", "r0")
+	p.A.WaitState("dstate", "r0", "UpToDate/DUnknown", 20*time.Second)
+	nbdshWrite(t, p.URI[p.A], scatterChunks(0x62, 4, 64<<10, p.DataSize(t)))
+	p.A.MustAdm("detach", "--force", "r0")
+	p.A.WaitState("dstate", "r0", "Diskless/DUnknown", 20*time.Second)
+	if out, err := p.A.Adm("attach", "r0"); err != nil {
+		t.Fatalf("re-attaching the disk just detached was refused: %s", strings.TrimSpace(out))
+	}
+}

@@ -281,10 +281,11 @@ func (r *Resource) Attach(ctx context.Context, dc netlink.DiskConf) error {
 				len(rec.ALExtents), rec.BitsSet*meta.BMBlockSize/1024)
 		}
 		if err := r.checkPrimaryAttach(ld, s != nil); err != nil {
+			// A session cancelled above reconnects diskless; requests
+			// keep waiting for it.
 			ld.close()
 			ns.Disk = replication.Diskless
 			_ = r.setState(ns, true)
-			r.rehandshakeUntil.Store(0)
 			return fmt.Errorf("%s: attach %s: %w", r.name, dc.BackingDev, err)
 		}
 		r.diskConf = &dc
@@ -335,7 +336,9 @@ func (r *Resource) checkPrimaryAttach(ld *localDisk, connected bool) error {
 	if r.disklessAcked.Load() {
 		return errors.New("writes were acknowledged while diskless and only the peer holds them: attach while connected")
 	}
-	if d, _ := DiskStateFromFlags(ld.flags(), r.checkContext(true).Fencing); d < replication.UpToDate {
+	// Consistent is as good as it gets without a peer when fencing is
+	// configured; Outdated and Inconsistent disks are refused.
+	if d, _ := DiskStateFromFlags(ld.flags(), r.checkContext(true).Fencing); d < replication.Consistent {
 		return fmt.Errorf("a disconnected Primary needs UpToDate data, and the disk is %s", d)
 	}
 	want := r.exposedUUID.Load()

@@ -231,11 +231,25 @@ func (s *session) handshake() error {
 
 	if my.diskless || peerDiskless() {
 		// One side has no disk: there is nothing to compare or resync.
+		var generated bool
 		err := r.act(s.ctx, func() error {
 			if r.ldev.Load() != my.ld {
 				return errRehandshake
 			}
 			ns := r.State()
+			if ld := my.ld; ld != nil && peerDiskless() && peerState.Role == replication.Primary && ns.Disk >= replication.UpToDate {
+				// A diskless Primary's writes reach this disk only. We may
+				// never have seen its disk go (the session ended first):
+				// start the generation its writes belong to now, as
+				// peerChanged would have, so that its old disk cannot
+				// pass for this data at its next attach.
+				if err := ld.updateUUIDs(func(u *meta.UUIDs) { generated = u.DisklessPeerPromoted(randomUUID(), ns.Role == replication.Primary) }); err != nil {
+					return err
+				}
+				if generated {
+					r.logf("%s: new current UUID %s (connected to a diskless Primary)", c.peerName, ld.uuids())
+				}
+			}
 			ns.Conn, ns.Peer, ns.PDsk = replication.Connected, peerState.Role, peerState.Disk
 			if ns.Disk == replication.Negotiating {
 				// A disk attached to a diskless Primary whose peer has
@@ -258,6 +272,9 @@ func (s *session) handshake() error {
 			return err
 		}
 		s.publish()
+		if generated {
+			s.sendUUIDs(0)
+		}
 		return nil
 	}
 

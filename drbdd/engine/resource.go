@@ -405,6 +405,9 @@ func (r *Resource) promote(force bool) error {
 		r.logf("promoted without a local disk: serving the peer's data")
 	}
 	if ld != nil {
+		// The device shows this disk's data now: nothing it shows was
+		// acknowledged diskless (see disklessAcked).
+		r.disklessAcked.Store(false)
 		// DRBD's drbd_set_role: the peer's disk counts as unreachable when
 		// not connected, and when connected to a peer that has none.
 		reachable := ns.Conn >= replication.Connected && ns.PDsk > replication.Failed
@@ -525,7 +528,7 @@ func (r *Resource) detach(force bool) error {
 	// sync UUID).
 	if ns.Role == replication.Primary && inUse {
 		exposed := ld.uuids().Current
-		if s != nil && os.PDsk == replication.UpToDate && s.peerCurrent.Load() != 0 {
+		if os.Disk != replication.UpToDate && s != nil && os.PDsk == replication.UpToDate && s.peerCurrent.Load() != 0 {
 			exposed = s.peerCurrent.Load()
 		}
 		r.exposedUUID.Store(exposed)

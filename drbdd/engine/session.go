@@ -572,6 +572,15 @@ func (s *session) gotMeta(cmd protocol.Cmd, payload []byte) error {
 		q := s.pending[a.BlockID]
 		delete(s.pending, a.BlockID)
 		s.pmu.Unlock()
+		if q == nil && cmd == protocol.PNegAck && s.wireProto == protocol.ProtocolA {
+			// Under protocol A the write completed when it was sent; the
+			// peer failed it since (it may have no disk): only the
+			// bitmap can record that, as DRBD's got_NegAck does.
+			if ld := s.r.ldev.Load(); ld != nil {
+				ld.markOutOfSync(int64(a.Sector)*512, int64(a.BlkSize))
+			}
+			return nil
+		}
 		if q == nil {
 			return protoErr("%s for unknown block_id %#x", cmd, a.BlockID)
 		}

@@ -851,6 +851,8 @@ func (y *syncState) finishSource(ns *replication.State) error {
 	if err := ld.updateUUIDs(func(u *meta.UUIDs) { u.FinishResync(false, y.peerUUIDs, ns.Role == replication.Primary) }); err != nil {
 		return err
 	}
+	// The SyncTarget now carries our current UUID.
+	y.s.peerCurrent.Store(ld.uuids().Current)
 	if err := ld.flushBitmap(); err != nil {
 		return err
 	}
@@ -887,6 +889,9 @@ func (y *syncState) finishLocked() error {
 	primary := ns.Role == replication.Primary
 	if err := ld.updateUUIDs(func(u *meta.UUIDs) { u.FinishResync(y.target, y.peerUUIDs, primary) }); err != nil {
 		return err
+	}
+	if !y.target {
+		y.s.peerCurrent.Store(ld.uuids().Current)
 	}
 	ns.Conn = replication.Connected
 	if y.target {
