@@ -376,6 +376,14 @@ func (r *Resource) promotion(force bool) (*replication.State, bool, error) {
 		forced = true
 	}
 	ns.Role = replication.Primary
+	if ns.Disk < replication.UpToDate && (ns.Conn < replication.Connected || ns.PDsk != replication.UpToDate) {
+		// DRBD's "Need access to UpToDate data": neither this disk nor
+		// a connected peer's holds it. Check alone lets an Outdated disk
+		// connected to a diskless peer through, for that state is
+		// already invalid (SS_CONNECTED_OUTDATES) before the promotion,
+		// and the promotion would start a new generation on stale data.
+		return nil, false, &replication.StateError{Result: replication.SSNoUpToDateDisk}
+	}
 	if err := replication.Check(os, ns, r.checkContext(false)); err != nil {
 		return nil, false, err
 	}

@@ -807,7 +807,14 @@ func (y *syncState) peerStateChanged(ns *replication.State, peer protocol.State)
 	case (ns.Conn == replication.SyncSource || ns.Conn == replication.PausedSyncS) &&
 		peer.Conn == replication.Connected && peer.PDsk == replication.UpToDate:
 		ns.Conn = replication.Connected
+		// Both disks hold the same data now: both are UpToDate, as
+		// DRBD's drbd_resync_finished sets them. A SyncSource that
+		// started Consistent or Outdated would otherwise stay so,
+		// connected to an UpToDate peer, for good.
 		ns.PDsk = replication.UpToDate
+		if ns.Disk == replication.Consistent || ns.Disk == replication.Outdated {
+			ns.Disk = replication.UpToDate
+		}
 		return y.finishSource(ns)
 	case ns.Conn == replication.Connected && peer.Conn == replication.VerifyT:
 		ns.Conn = replication.VerifyT
