@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -12,28 +11,6 @@ import (
 	"testing"
 	"time"
 )
-
-// chunkFile writes the chunks' data to a file in dir and returns its path
-// and the Python list of (offset, length) pairs that reads it back.
-func chunkFile(t testing.TB, dir, name string, chunks []wchunk) (path, layout string) {
-	t.Helper()
-	path = filepath.Join(dir, name)
-	var data bytes.Buffer
-	var l strings.Builder
-	l.WriteString("[")
-	for i, c := range chunks {
-		data.Write(c.data)
-		if i > 0 {
-			l.WriteString(", ")
-		}
-		fmt.Fprintf(&l, "(%d, %d)", c.off, len(c.data))
-	}
-	l.WriteString("]")
-	if err := os.WriteFile(path, data.Bytes(), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return path, l.String()
-}
 
 // resyncKB returns the size of the resync n announced after mark.
 func resyncKB(t testing.TB, n *Node, mark int) int64 {
@@ -225,12 +202,7 @@ func TestDisklessPromotion(t *testing.T) {
 	span := p.DataSize(t)
 	chunks := scatterChunks(0x44, 96, 64<<10, span)
 	nbdshWrite(t, p.URI[p.B], chunks)
-	f, layout := chunkFile(t, t.TempDir(), "chunks", chunks)
-	got := Nbdsh(t, time.Minute, p.URI[p.B], fmt.Sprintf(`f = open(%q, 'rb')
-bad = [off for off, n in %s if h.pread(n, off) != f.read(n)]
-print('bad', bad)
-`, f, layout))
-	if strings.TrimSpace(got) != "bad []" {
+	if got := nbdshBadChunks(t, "", p.URI[p.B], chunks, time.Minute); got != "bad []" {
 		t.Fatalf("reading back through diskless bob: %s", got)
 	}
 	// alice holds the only disk now: detaching it is refused.
@@ -361,19 +333,6 @@ print('failed', ','.join(map(str, failed)), 'bad', bad)
 	}
 }
 
-// nbdshIn runs an nbdsh script inside network namespace ns and returns
-// its output.
-func nbdshIn(t testing.TB, ns, uri, script string) string {
-	t.Helper()
-	cmd := exec.Command("ip", "netns", "exec", ns, "nbdsh", "-u", uri, "-c", script)
-	cmd.Env = append(os.Environ(), "PATH=/usr/bin:/bin:"+os.Getenv("PATH"))
-	b, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("nbdsh in %s: %v\n%s", ns, err, b)
-	}
-	return string(b)
-}
-
 // TestDisklessPrimaryProtocolA: under protocol A a write normally
 // completes once it is on the wire, because the Primary's own disk holds
 // it. A diskless Primary has no copy of its own, so its writes wait for
@@ -416,7 +375,7 @@ for off, n in %s:
     except nbd.Error:
         pass
 print('acked', ','.join(map(str, acked)) or '-')
-`, f, layout))
+`, f, layout), 2*time.Minute)
 	var ackedList string
 	if _, err := fmt.Sscanf(strings.TrimSpace(out), "acked %s", &ackedList); err != nil {
 		t.Fatalf("nbdsh: %q", out)
@@ -445,13 +404,8 @@ print('acked', ','.join(map(str, acked)) or '-')
 			check = append(check, c)
 		}
 	}
-	f2, layout2 := chunkFile(t, t.TempDir(), "check", check)
-	got := nbdshIn(t, np.NS[0], p.URI[p.A], fmt.Sprintf(`f = open(%q, 'rb')
-bad = [off for off, n in %s if h.pread(n, off) != f.read(n)]
-print('bad', bad)
-`, f2, layout2))
-	if strings.TrimSpace(got) != "bad []" {
-		t.Fatalf("acknowledged writes lost (read back through alice after the reconnect): %s", strings.TrimSpace(got))
+	if got := nbdshBadChunks(t, np.NS[0], p.URI[p.A], check, time.Minute); got != "bad []" {
+		t.Fatalf("acknowledged writes lost (read back through alice after the reconnect): %s", got)
 	}
 }
 
@@ -528,12 +482,7 @@ func testDisklessAfterSyncTargetDetach(t *testing.T, pause bool) {
 		}
 	}
 	p.A.WaitState("dstate", "r0", "UpToDate/UpToDate", 2*time.Minute)
-	f, layout := chunkFile(t, t.TempDir(), "chunks", chunks)
-	got := Nbdsh(t, time.Minute, p.URI[p.A], fmt.Sprintf(`f = open(%q, 'rb')
-bad = [off for off, n in %s if h.pread(n, off) != f.read(n)]
-print('bad', bad)
-`, f, layout))
-	if strings.TrimSpace(got) != "bad []" {
+	if got := nbdshBadChunks(t, "", p.URI[p.A], chunks, time.Minute); got != "bad []" {
 		t.Fatalf("writes acknowledged while diskless read back wrong: %s", got)
 	}
 	p.downBoth(t)

@@ -2,10 +2,12 @@ package testenv
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -72,21 +74,63 @@ func nbdshWriteIn(t testing.TB, netns, uri string, chunks []wchunk) {
 	}
 	f.Close()
 	script.WriteString("h.flush()\nprint('written')\n")
-	var out string
-	if netns == "" {
-		out = Nbdsh(t, 2*time.Minute, uri, script.String())
-	} else {
-		cmd := exec.Command("ip", "netns", "exec", netns, "nbdsh", "-u", uri, "-c", script.String())
-		cmd.Env = append(os.Environ(), "PATH=/usr/bin:/bin:"+os.Getenv("PATH"))
-		b, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("nbdsh in %s: %v\n%s", netns, err, b)
-		}
-		out = string(b)
-	}
+	out := nbdshIn(t, netns, uri, script.String(), 2*time.Minute)
 	if !strings.Contains(out, "written") {
 		t.Fatalf("nbdsh did not finish writing: %s", out)
 	}
+}
+
+// chunkFile writes the chunks' data to a file in dir and returns its path
+// and the Python list of (offset, length) pairs that reads it back.
+func chunkFile(t testing.TB, dir, name string, chunks []wchunk) (path, layout string) {
+	t.Helper()
+	path = filepath.Join(dir, name)
+	var data bytes.Buffer
+	var l strings.Builder
+	l.WriteString("[")
+	for i, c := range chunks {
+		data.Write(c.data)
+		if i > 0 {
+			l.WriteString(", ")
+		}
+		fmt.Fprintf(&l, "(%d, %d)", c.off, len(c.data))
+	}
+	l.WriteString("]")
+	if err := os.WriteFile(path, data.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path, l.String()
+}
+
+// nbdshIn runs an nbdsh script against uri inside network namespace
+// netns (none when empty) and returns its output. It fails the test when
+// nbdsh fails or runs longer than timeout.
+func nbdshIn(t testing.TB, netns, uri, script string, timeout time.Duration) string {
+	t.Helper()
+	if netns == "" {
+		return Nbdsh(t, timeout, uri, script)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", netns, "nbdsh", "-u", uri, "-c", script)
+	cmd.Env = append(os.Environ(), "PATH=/usr/bin:/bin:"+os.Getenv("PATH"))
+	b, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("nbdsh in %s: %v\n%s", netns, err, b)
+	}
+	return string(b)
+}
+
+// nbdshBadChunks reads the chunks back through uri (from inside netns
+// when not empty) and returns nbdsh's verdict: "bad [...]", listing the
+// offsets whose data differs ("bad []" when none).
+func nbdshBadChunks(t testing.TB, netns, uri string, chunks []wchunk, timeout time.Duration) string {
+	t.Helper()
+	f, layout := chunkFile(t, t.TempDir(), "check", chunks)
+	return strings.TrimSpace(nbdshIn(t, netns, uri, fmt.Sprintf(`f = open(%q, 'rb')
+bad = [off for off, n in %s if h.pread(n, off) != f.read(n)]
+print('bad', bad)
+`, f, layout), timeout))
 }
 
 // readBacking reads n bytes at off of a backing file (drbdd stores the

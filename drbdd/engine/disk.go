@@ -342,7 +342,7 @@ func (r *Resource) checkPrimaryAttach(ld *localDisk, connected bool) error {
 		return fmt.Errorf("a disconnected Primary needs UpToDate data, and the disk is %s", d)
 	}
 	want := r.exposedUUID.Load()
-	if want != 0 && ld.uuids().Current&^meta.UUIDPrimaryBit != want&^meta.UUIDPrimaryBit {
+	if want != 0 && !r.exposes(ld.uuids().Current) {
 		return fmt.Errorf("can only attach to data with current UUID=%016X (the disk's is %016X)", want, ld.uuids().Current)
 	}
 	return nil

@@ -239,9 +239,16 @@ const rehandshakePoll = 2 * time.Millisecond
 
 // peerServes reports whether a live session reaches UpToDate data on the
 // peer.
-func (r *Resource) peerServes() bool {
+func (r *Resource) peerServes() bool { return r.peerSession() != nil }
+
+// peerSession returns the live session that reaches UpToDate data on the
+// peer, or nil.
+func (r *Resource) peerSession() *session {
 	s := r.sess.Load()
-	return s != nil && s.ctx.Err() == nil && r.State().PDsk == replication.UpToDate
+	if s == nil || s.ctx.Err() != nil || r.State().PDsk != replication.UpToDate {
+		return nil
+	}
+	return s
 }
 
 func (b *backend) WriteAt(p []byte, off int64, fua bool) error {
@@ -327,7 +334,7 @@ func (r *Resource) beginAppWrite() (*localDisk, error) {
 	if st := r.State(); !r.upToDateReachable(st) || (ld == nil && !r.peerServes()) {
 		r.io.gate.RUnlock()
 		r.io.writeGate.RUnlock()
-		return nil, fmt.Errorf("%s: %w (local disk %s, peer %s)", r.name, errNoUpToDateData, st.Disk, st.PDsk)
+		return nil, r.noUpToDateData("")
 	}
 	r.io.appPending.Add(1)
 	return ld, nil
@@ -459,8 +466,7 @@ func (r *Resource) writeLocked(ld *localDisk, kind writeKind, p []byte, off, len
 func (r *Resource) writePeerOnly(kind writeKind, p []byte, off, length int64, fua bool) error {
 	s := r.sess.Load()
 	if s == nil || r.State().PDsk != replication.UpToDate {
-		st := r.State()
-		return fmt.Errorf("%s: %w (local disk %s, peer %s)", r.name, errNoUpToDateData, st.Disk, st.PDsk)
+		return r.noUpToDateData("")
 	}
 	// Whatever the protocol, the write is done only once it is on the
 	// peer's disk: with A or B a network failure would lose a write that
@@ -563,10 +569,9 @@ func (r *Resource) flush() error {
 	ld := r.ioDisk()
 	if ld == nil {
 		// Diskless: the peer's disk is the only one.
-		s := r.sess.Load()
-		if s == nil || s.ctx.Err() != nil || r.State().PDsk != replication.UpToDate {
-			st := r.State()
-			return fmt.Errorf("%s: flush: %w (local disk %s, peer %s)", r.name, errNoUpToDateData, st.Disk, st.PDsk)
+		s := r.peerSession()
+		if s == nil {
+			return r.noUpToDateData("flush")
 		}
 		if err := s.flush(); err != nil {
 			return fmt.Errorf("%s: flush on the peer (the only disk): %w", r.name, err)

@@ -212,7 +212,7 @@ func (s *session) handshake() error {
 		// DRBD's "Can only connect to data with current UUID": a
 		// diskless Primary shows the peer's data of one generation and
 		// must not switch to another under its users.
-		if want := r.exposedUUID.Load(); want != 0 && want&^meta.UUIDPrimaryBit != peerUUIDs.Current&^meta.UUIDPrimaryBit {
+		if want := r.exposedUUID.Load(); want != 0 && !r.exposes(peerUUIDs.Current) {
 			return fmt.Errorf("%w: can only connect to data with current UUID=%016X (the peer's is %016X)", errStandAlone, want, peerUUIDs.Current)
 		}
 	}
@@ -254,9 +254,8 @@ func (s *session) handshake() error {
 			if ns.Disk == replication.Negotiating {
 				// A disk attached to a diskless Primary whose peer has
 				// none either: usable only if it holds the data shown.
-				ld := r.ldev.Load()
-				if want := r.exposedUUID.Load(); ld == nil || want&^meta.UUIDPrimaryBit != ld.uuids().Current&^meta.UUIDPrimaryBit {
-					r.logf("%s: the attached disk does not hold the data the device shows (current UUID %016X): detaching it", c.peerName, want)
+				if ld := r.ldev.Load(); ld == nil || !r.exposes(ld.uuids().Current) {
+					r.logf("%s: the attached disk does not hold the data the device shows (current UUID %016X): detaching it", c.peerName, r.exposedUUID.Load())
 					if err := r.failAttachedDisk(); err != nil {
 						return err
 					}

@@ -13,8 +13,18 @@ import (
 // and a diskless Primary reads everything from it, as DRBD does:
 // P_DATA_REQUEST out, P_DATA_REPLY (or P_NEG_DREPLY) back.
 
-// errNoUpToDateData fails reads that neither disk can serve.
+// errNoUpToDateData fails requests that neither disk can serve.
 var errNoUpToDateData = errors.New("no access to UpToDate data")
+
+// noUpToDateData is errNoUpToDateData for this resource, with the disk
+// states that explain it; op, when not empty, names the request.
+func (r *Resource) noUpToDateData(op string) error {
+	st := r.State()
+	if op != "" {
+		return fmt.Errorf("%s: %s: %w (local disk %s, peer %s)", r.name, op, errNoUpToDateData, st.Disk, st.PDsk)
+	}
+	return fmt.Errorf("%s: %w (local disk %s, peer %s)", r.name, errNoUpToDateData, st.Disk, st.PDsk)
+}
 
 // readReq is a read waiting for the peer.
 type readReq struct {
@@ -48,7 +58,7 @@ func (ld *localDisk) anyOutOfSync(off, n int64) bool {
 func (r *Resource) readFromPeer(p []byte, off int64) error {
 	s := r.sess.Load()
 	if s == nil || r.State().PDsk != replication.UpToDate {
-		return fmt.Errorf("%s: %w (local disk %s, peer %s)", r.name, errNoUpToDateData, r.State().Disk, r.State().PDsk)
+		return r.noUpToDateData("")
 	}
 	for done := 0; done < len(p); {
 		n := min(len(p)-done, remoteReadChunk)

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"drbdd/drbdd/meta"
 	"drbdd/drbdd/replication"
 	"drbdd/drbdd/status"
 	"drbdd/nbd"
@@ -473,6 +474,12 @@ var errDetachPrimary = errors.New("refusing to detach the disk of a Primary with
 // connected peer holds UpToDate data to serve.
 var errPromoteDiskless = errors.New("refusing to promote without a local disk: no connected peer with UpToDate data (attach or connect first)")
 
+// exposes reports whether data of generation current is the data the
+// device shows (see exposedUUID); the primary bit does not count.
+func (r *Resource) exposes(current uint64) bool {
+	return r.exposedUUID.Load()&^meta.UUIDPrimaryBit == current&^meta.UUIDPrimaryBit
+}
+
 // errDetachOutOfSync refuses to detach a Primary's disk while it holds
 // blocks the peer lacks.
 var errDetachOutOfSync = errors.New("refusing to detach the disk of a Primary that holds blocks its peer lacks: resync first (or detach --force)")
@@ -622,7 +629,7 @@ func (p exportProvider) Open(name string) (*nbd.Export, error) {
 			return fmt.Errorf("%s: not Primary (role %s): only the Primary serves I/O", r.name, st.Role)
 		}
 		if st.Disk != replication.UpToDate && st.PDsk != replication.UpToDate {
-			return fmt.Errorf("%s: %w (local disk %s, peer %s)", r.name, errNoUpToDateData, st.Disk, st.PDsk)
+			return r.noUpToDateData("")
 		}
 		r.nbdClients.Add(1)
 		var once sync.Once
