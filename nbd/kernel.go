@@ -285,6 +285,9 @@ func startKernelDevice(k KernelNetlink, index int, backend string, e *Export, fd
 		cancel:  cancel,
 		done:    make(chan struct{}),
 	}
+	// The driver sends a write's payload a page at a time.
+	topts := opts.Transmission
+	topts.WholePages = true
 	var wg sync.WaitGroup
 	for i, c := range conns {
 		// Each connection gets its own copy of the export without
@@ -294,7 +297,7 @@ func startKernelDevice(k KernelNetlink, index int, backend string, e *Export, fd
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			err := ServeTransmission(ctx, c, &ce, opts.Transmission)
+			err := ServeTransmission(ctx, c, &ce, topts)
 			d.connDone(i, err)
 		}()
 	}

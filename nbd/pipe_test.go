@@ -19,7 +19,7 @@ type pipeBackend struct {
 	fail atomic.Bool
 }
 
-func (b *pipeBackend) TakesPipe(off int64, n int) bool { return n%512 == 0 }
+func (b *pipeBackend) TakesPipe(off int64, n int, _ bool) bool { return n%512 == 0 }
 
 func (b *pipeBackend) WriteFromPipe(head []byte, c *zerocopy.Chain, n int, off int64, fua bool) error {
 	b.piped.Add(1)

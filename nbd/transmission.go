@@ -43,6 +43,12 @@ type TransmissionOptions struct {
 	// Logf, if not nil, receives a line for each backend error and for
 	// the reason a connection was dropped.
 	Logf func(format string, args ...any)
+	// WholePages says that the client sends each page of a write's
+	// payload with a send of its own, as the kernel's nbd driver does.
+	// Spliced out of a Unix socket, such a payload comes in whole,
+	// aligned pages, which a disk opened with O_DIRECT can take
+	// straight from the pipe (see PipeWriter).
+	WholePages bool
 }
 
 // ServeTransmission serves the transmission phase only, with no handshake:
@@ -83,6 +89,8 @@ func serveTransmission(ctx context.Context, c net.Conn, cr *zerocopy.CappedReade
 		size:   uint64(size),
 		tflags: e.TransmissionFlags(),
 		logf:   opts.Logf,
+
+		wholePages: opts.WholePages,
 	}
 	if t.logf == nil {
 		t.logf = func(string, ...any) {}
@@ -152,7 +160,9 @@ type transmission struct {
 	pipes *zerocopy.Pool
 	raw   syscall.RawConn // c's raw connection, with pipes
 	pw    PipeWriter      // be, with pipes
-	done  <-chan struct{} // closed when the connection is to end
+	// wholePages is TransmissionOptions.WholePages.
+	wholePages bool
+	done       <-chan struct{} // closed when the connection is to end
 }
 
 // readLoop decodes requests until DISC, EOF or an error, answers invalid
@@ -419,7 +429,9 @@ func (l *limiter) release(w int64) {
 type PipeWriter interface {
 	// TakesPipe reports whether a write of n bytes at off would use a
 	// pipe; if not, the server reads the data into memory as usual.
-	TakesPipe(off int64, n int) bool
+	// wholePages says the payload comes in whole pages (see
+	// TransmissionOptions.WholePages).
+	TakesPipe(off int64, n int, wholePages bool) bool
 	// WriteFromPipe writes n bytes at off, like WriteAt: head, then the
 	// n-len(head) bytes in c, which it consumes.
 	WriteFromPipe(head []byte, c *zerocopy.Chain, n int, off int64, fua bool) error
@@ -441,7 +453,7 @@ func (t *transmission) splices(off uint64, n uint32) bool {
 		return false
 	}
 	if t.pipes != nil {
-		return t.pw.TakesPipe(int64(off), int(n))
+		return t.pw.TakesPipe(int64(off), int(n), t.wholePages)
 	}
 	pw, ok := t.be.(PipeWriter)
 	raw, rok := zerocopy.RawConn(t.c)
@@ -452,7 +464,7 @@ func (t *transmission) splices(off uint64, n uint32) bool {
 		return false
 	}
 	t.raw, t.pw = raw, pw
-	return pw.TakesPipe(int64(off), int(n))
+	return pw.TakesPipe(int64(off), int(n), t.wholePages)
 }
 
 // readIntoPipe reads a WRITE's payload: what the read buffer holds into

@@ -69,6 +69,57 @@ func (c *Chain) DrainToFile(f *os.File, off int64, n int) error {
 	})
 }
 
+// ErrUnaligned reports that a file opened with O_DIRECT refused the
+// pages held (the kernel's EINVAL): a page does not start or end on a
+// sector boundary. The chain is left holding the bytes not moved.
+var ErrUnaligned = errors.New("zerocopy: pages not aligned for direct I/O")
+
+// DrainToDirectFile moves the first n bytes held to f, opened with
+// O_DIRECT, at offset off, and returns how many it moved. Direct I/O
+// takes the pipes' pages as they are, so it works only when each page
+// piece starts and ends on a sector boundary, as when the sender wrote
+// whole pages one at a time into a Unix socket. Otherwise the error is
+// ErrUnaligned, and the chain still holds the n-moved bytes not
+// moved, for the caller to write another way; any other error breaks
+// the chain.
+func (c *Chain) DrainToDirectFile(f *os.File, off int64, n int) (int, error) {
+	if c.broken {
+		return 0, errors.New("zerocopy: chain broken by an earlier error")
+	}
+	dst, err := f.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	moved := 0
+	for i := range c.parts {
+		if moved == n {
+			break
+		}
+		pt := &c.parts[i]
+		k := min(n-moved, pt.n)
+		if k == 0 {
+			continue
+		}
+		m, err := pt.p.drainToFile(dst, off+int64(moved), k)
+		pt.n -= m
+		moved += m
+		if errors.Is(err, syscall.EINVAL) {
+			// The kernel checks alignment before it takes anything
+			// from the pipe, so the pipe still holds what it did not
+			// write.
+			return moved, fmt.Errorf("%w: %w", ErrUnaligned, err)
+		}
+		if err != nil {
+			c.broken = true
+			return moved, err
+		}
+	}
+	if moved < n {
+		return moved, fmt.Errorf("zerocopy: %d bytes asked beyond the chain", n-moved)
+	}
+	return moved, nil
+}
+
 // Discard drops the first n bytes held.
 func (c *Chain) Discard(n int) error {
 	return c.consume(n, func(p *Pipe, k int) error { return p.Discard(k) })

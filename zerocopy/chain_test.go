@@ -4,6 +4,10 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"syscall"
 	"testing"
 )
 
@@ -125,5 +129,126 @@ func TestChainNoPipe(t *testing.T) {
 	c.Release(func(*Pipe, bool) { released++ })
 	if released != 2 {
 		t.Fatalf("released %d pipes, want 2", released)
+	}
+}
+
+// unixPair returns the two ends of a Unix stream socketpair, the kind
+// drbdd hands to the kernel's nbd driver.
+func unixPair(t *testing.T) (*net.UnixConn, *net.UnixConn) {
+	t.Helper()
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := func(fd int) *net.UnixConn {
+		f := os.NewFile(uintptr(fd), "unix")
+		defer f.Close()
+		c, err := net.FileConn(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c.(*net.UnixConn)
+	}
+	return conn(fds[0]), conn(fds[1])
+}
+
+// directFile opens a new file in the test directory with O_DIRECT, and
+// skips the test where the filesystem has no direct I/O.
+func directFile(t *testing.T, size int64) *os.File {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "direct")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|syscall.O_DIRECT, 0o600)
+	if err != nil {
+		t.Skipf("no O_DIRECT in the test directory: %v", err)
+	}
+	t.Cleanup(func() { f.Close() })
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// TestChainToDirectFile receives blocks from a Unix socket into pipes
+// and writes them to a file opened with O_DIRECT. Sent a page at a time,
+// as the kernel's nbd driver sends a write's payload, the pages are
+// aligned and the whole block goes to the file from the pipes. Sent with
+// a 100-byte lead in the same message, the pieces straddle sectors:
+// where the filesystem enforces alignment, the drain stops with
+// ErrUnaligned and the chain still holds the rest, which is read and
+// written from memory. Either way the file must end up holding the data.
+func TestChainToDirectFile(t *testing.T) {
+	const n = 1 << 20
+	_, data := tempFile(t, n+100, nil)
+	for _, tc := range []struct {
+		name      string
+		lead      int // bytes sent with the block and read from the socket first
+		pageSends bool
+	}{
+		{"page at a time", 0, true},
+		{"unaligned pieces", 100, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := directFile(t, 2*n)
+			a, b := unixPair(t)
+			go func() {
+				if !tc.pageSends {
+					a.Write(data[:tc.lead+n])
+					return
+				}
+				for off := 0; off < n; off += 4096 {
+					a.Write(data[off : off+4096])
+				}
+			}()
+			if tc.lead > 0 {
+				if _, err := io.ReadFull(b, make([]byte, tc.lead)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			block := data[tc.lead : tc.lead+n]
+			take, _ := smallPipes(t)
+			var c Chain
+			if err := c.FillFromConn(raw(t, b), n, take); err != nil {
+				t.Fatal(err)
+			}
+			moved, err := c.DrainToDirectFile(f, n, n)
+			switch {
+			case err == nil && moved == n:
+			case errors.Is(err, ErrUnaligned) && !tc.pageSends:
+				t.Logf("O_DIRECT refused the pieces after %d bytes; the rest goes through memory", moved)
+				rest := make([]byte, n-moved)
+				if err := c.ReadFull(rest); err != nil {
+					t.Fatalf("reading what the chain still holds: %v", err)
+				}
+				if !bytes.Equal(rest, block[moved:]) {
+					t.Fatal("the chain holds other bytes than the ones not written")
+				}
+				bf, err := os.OpenFile(f.Name(), os.O_WRONLY, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer bf.Close()
+				if _, err := bf.WriteAt(rest, n+int64(moved)); err != nil {
+					t.Fatal(err)
+				}
+			default:
+				t.Fatalf("drain to direct file: moved %d of %d: %v", moved, n, err)
+			}
+			if c.Len() != 0 {
+				t.Fatalf("chain holds %d bytes after the drain", c.Len())
+			}
+			got := make([]byte, n)
+			rf, err := os.Open(f.Name())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rf.Close()
+			if _, err := rf.ReadAt(got, n); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, block) {
+				t.Fatal("file differs from the block sent")
+			}
+		})
 	}
 }

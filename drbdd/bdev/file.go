@@ -365,3 +365,10 @@ func (d *FileDevice) PageCacheFile() *os.File {
 	}
 	return d.buffered
 }
+
+// DirectFile returns the file opened with O_DIRECT, so that whole,
+// aligned pages can be spliced into it; it returns nil when O_DIRECT is
+// not in use.
+func (d *FileDevice) DirectFile() *os.File {
+	return d.direct
+}

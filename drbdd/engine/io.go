@@ -651,13 +651,17 @@ func putBuf(b []byte) {
 
 // WriteFromPipe is the Primary's write of a large block that the NBD
 // server read into pipes (see nbd.PipeWriter). The block goes to the
-// local page cache and to the peer by splice, duplicated with tee,
-// without entering memory. A write that cannot take that path (unaligned,
-// too large, FUA, a disk or peer socket that cannot be spliced) reads the
+// local disk (its page cache, or with O_DIRECT straight from the pipes'
+// pages) and to the peer by splice, duplicated with tee, without
+// entering memory. A write that cannot take that path (unaligned, too
+// large, FUA, a disk or peer socket that cannot be spliced) reads the
 // block into memory and takes the ordinary one.
 func (b *backend) WriteFromPipe(head []byte, c *zerocopy.Chain, n int, off int64, fua bool) error {
 	r := b.r
-	if fua || !b.TakesPipe(off, n) {
+	// The chain was taken for this write, so its pages are whole if the
+	// disk is a direct one; and if they are not, the direct write says
+	// so and the rest goes through memory.
+	if fua || !b.TakesPipe(off, n, true) {
 		buf, err := readChain(head, c, n)
 		if err != nil {
 			return fmt.Errorf("%s: reading write data: %w", r.name, err)
@@ -673,7 +677,7 @@ func (b *backend) WriteFromPipe(head []byte, c *zerocopy.Chain, n int, off int64
 	length := int64(n)
 	lr := r.io.writes.acquire(off, length)
 	defer r.io.writes.release(lr)
-	if ld == nil || pageCacheFile(ld.dev) == nil {
+	if ld == nil || !spliceTarget(ld.dev, len(head)) {
 		return r.writeChainInMemory(ld, head, c, off, length)
 	}
 
@@ -714,11 +718,23 @@ func (b *backend) WriteFromPipe(head []byte, c *zerocopy.Chain, n int, off int64
 
 // TakesPipe reports whether a write of n bytes at off can be spliced: it
 // is whole sectors, fits one P_DATA packet, and the local disk goes
-// through the page cache. (A disk opened with O_DIRECT takes the data
-// from memory.)
-func (b *backend) TakesPipe(off int64, n int) bool {
+// through the page cache, or is opened with O_DIRECT and the data comes
+// in whole pages (wholePages: from the kernel's nbd driver), which
+// direct I/O takes from the pipes as they are.
+func (b *backend) TakesPipe(off int64, n int, wholePages bool) bool {
 	ld := b.r.ioDisk()
-	return !spliceOff && ld != nil && off%bdev.SectorSize == 0 && n%bdev.SectorSize == 0 && n <= maxWriteChunk && pageCacheFile(ld.dev) != nil
+	if spliceOff || ld == nil || off%bdev.SectorSize != 0 || n%bdev.SectorSize != 0 || n > maxWriteChunk {
+		return false
+	}
+	return pageCacheFile(ld.dev) != nil || wholePages && directFile(ld.dev) != nil
+}
+
+// spliceTarget reports whether a block whose first headLen bytes are in
+// memory, and the rest in pipes, can be written to dev from the pipes:
+// dev goes through the page cache, or is opened with O_DIRECT and the
+// part in pipes starts on a sector boundary.
+func spliceTarget(dev bdev.Device, headLen int) bool {
+	return pageCacheFile(dev) != nil || directFile(dev) != nil && headLen%bdev.SectorSize == 0
 }
 
 // readChain reads a block of n bytes, head and then the bytes in c, into
@@ -744,10 +760,12 @@ func (r *Resource) writeChainInMemory(ld *localDisk, head []byte, c *zerocopy.Ch
 	return r.writeLocked(ld, writeData, buf, off, length, false)
 }
 
-// writeHeadAndChain writes a block of length bytes at off into the page
-// cache behind dev: head from memory, then the rest from c, consuming it.
-// After an error the rest is dropped from c all the same, so that c stays
-// in step with the blocks it holds.
+// writeHeadAndChain writes a block of length bytes at off to dev: head
+// from memory, then the rest from c, consuming it, into dev's page cache
+// or, with O_DIRECT, straight from the pipes' pages. Pages that direct
+// I/O refuses as unaligned are read into memory and written from there.
+// After an error the rest is dropped from c all the same, so that c
+// stays in step with the blocks it holds.
 func writeHeadAndChain(dev bdev.Device, head []byte, c *zerocopy.Chain, off, length int64) error {
 	var err error
 	if len(head) > 0 {
@@ -757,13 +775,27 @@ func writeHeadAndChain(dev bdev.Device, head []byte, c *zerocopy.Chain, off, len
 	if rest == 0 {
 		return err
 	}
-	f := pageCacheFile(dev)
-	if err == nil && f == nil {
+	pc, direct := pageCacheFile(dev), directFile(dev)
+	if err == nil && pc == nil && direct == nil {
 		err = fmt.Errorf("disk cannot be spliced into")
 	}
 	if err != nil {
 		c.Discard(rest)
 		return err
 	}
-	return c.DrainToFile(f, off+int64(len(head)), rest)
+	at := off + int64(len(head))
+	if pc != nil {
+		return c.DrainToFile(pc, at, rest)
+	}
+	moved, err := c.DrainToDirectFile(direct, at, rest)
+	if !errors.Is(err, zerocopy.ErrUnaligned) {
+		return err
+	}
+	buf := getBuf(rest - moved)
+	defer putBuf(buf)
+	if err := c.ReadFull(buf); err != nil {
+		return err
+	}
+	_, err = dev.WriteAt(buf, at+int64(moved))
+	return err
 }

@@ -34,6 +34,15 @@ func pageCacheFile(dev bdev.Device) *os.File {
 	return nil
 }
 
+// directFile returns the O_DIRECT file behind dev, or nil (see
+// bdev.FileDevice.DirectFile).
+func directFile(dev bdev.Device) *os.File {
+	if fd, ok := dev.(*bdev.FileDevice); ok {
+		return fd.DirectFile()
+	}
+	return nil
+}
+
 // spliceState holds what a session needs to splice data blocks between
 // its data socket and the disk. The zero value (no raw socket) splices
 // nothing.
