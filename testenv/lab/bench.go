@@ -3,6 +3,7 @@ package lab
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -58,6 +59,9 @@ type BenchResult struct {
 	BW float64
 	// Lat is the mean completion latency.
 	Lat time.Duration
+	// Retrans counts the TCP segments the writer retransmitted during
+	// the job (-1 if unknown): packets lost on the link between the VMs.
+	Retrans int64
 }
 
 // Bench targets.
@@ -264,6 +268,7 @@ func (bn *bench) fioJobs(target, dev string, jobs []BenchJob) error {
 	for _, j := range jobs {
 		cmd := fmt.Sprintf("fio --name=bench --filename=%s --direct=1 --ioengine=libaio --numjobs=1 --size=%s --runtime=%d --time_based --output-format=json %s",
 			dev, bn.o.Size, int(bn.o.Runtime/time.Second), j.Args)
+		before := bn.retransmits()
 		out, err := MustRun(bn.ctx, bn.a, cmd)
 		if err != nil {
 			return err
@@ -272,9 +277,12 @@ func (bn *bench) fioJobs(target, dev string, jobs []BenchJob) error {
 		if err != nil {
 			return fmt.Errorf("%s on %s: %w", j.Name, dev, err)
 		}
-		r := BenchResult{Target: target, Device: dev, Job: j.Name, Round: bn.round, IOPS: iops, BW: bw, Lat: lat}
+		r := BenchResult{Target: target, Device: dev, Job: j.Name, Round: bn.round, IOPS: iops, BW: bw, Lat: lat, Retrans: -1}
+		if after := bn.retransmits(); before >= 0 && after >= 0 {
+			r.Retrans = after - before
+		}
 		bn.rep.Results = append(bn.rep.Results, r)
-		bn.logf("  %-11s %-11s %-18s %s", target, dev, j.Name, formatResult(r, j.Bandwidth))
+		bn.logf("  %-11s %-11s %-18s %s%s", target, dev, j.Name, formatResult(r, j.Bandwidth), formatRetrans(r))
 	}
 	return nil
 }
@@ -284,6 +292,51 @@ func formatResult(r BenchResult, bandwidth bool) string {
 		return fmt.Sprintf("%8.1f MB/s  lat %v", r.BW/1e6, r.Lat.Round(time.Microsecond))
 	}
 	return fmt.Sprintf("%8.0f IOPS  lat %v", r.IOPS, r.Lat.Round(time.Microsecond))
+}
+
+// formatRetrans says how many TCP segments a job retransmitted, if any.
+func formatRetrans(r BenchResult) string {
+	if r.Retrans <= 0 {
+		return ""
+	}
+	return fmt.Sprintf("  (%d TCP retransmissions)", r.Retrans)
+}
+
+// retransmits returns the writer's count of retransmitted TCP segments
+// (RetransSegs in /proc/net/snmp), or -1 if it cannot be read.
+func (bn *bench) retransmits() int64 {
+	out, err := MustRun(bn.ctx, bn.a, "cat /proc/net/snmp")
+	if err != nil {
+		return -1
+	}
+	n, err := parseRetransSegs(out)
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
+// parseRetransSegs reads RetransSegs from /proc/net/snmp: the "Tcp:"
+// line of names, then the "Tcp:" line of values.
+func parseRetransSegs(snmp string) (int64, error) {
+	var names []string
+	for _, line := range strings.Split(snmp, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != "Tcp:" {
+			continue
+		}
+		if names == nil {
+			names = f
+			continue
+		}
+		for i, name := range names {
+			if name == "RetransSegs" && i < len(f) {
+				return strconv.ParseInt(f[i], 10, 64)
+			}
+		}
+		break
+	}
+	return 0, errors.New("no RetransSegs in /proc/net/snmp")
 }
 
 // RunBench boots the lab's two VMs (each with a scratch disk /dev/vdb,

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"drbdd/testenv/lab/agentproto"
+	"golang.org/x/sys/unix"
 )
 
 func TestCompareVersions(t *testing.T) {
@@ -307,6 +308,70 @@ func TestBenchTable(t *testing.T) {
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("the table lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+// TestParseRetransSegs reads the retransmission count out of a real
+// /proc/net/snmp layout, and refuses text without it.
+func TestParseRetransSegs(t *testing.T) {
+	snmp := "Ip: Forwarding DefaultTTL InReceives\nIp: 1 64 1234\n" +
+		"Tcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens AttemptFails EstabResets CurrEstab InSegs OutSegs RetransSegs InErrs OutRsts InCsumErrors\n" +
+		"Tcp: 1 200 120000 -1 10 5 0 1 2 590089 15381470 30099 0 4 0\n" +
+		"Udp: InDatagrams NoPorts\nUdp: 5 6\n"
+	n, err := parseRetransSegs(snmp)
+	if err != nil || n != 30099 {
+		t.Fatalf("parseRetransSegs = %d, %v; want 30099", n, err)
+	}
+	if _, err := parseRetransSegs("Udp: InDatagrams\nUdp: 5\n"); err == nil {
+		t.Fatal("parseRetransSegs accepted text without a Tcp line")
+	}
+}
+
+// TestLinkSocket makes both ends of a link as the lab does for qemu and
+// sends a datagram each way. Run as root, the buffers are the size asked
+// for, beyond the system's default.
+func TestLinkSocket(t *testing.T) {
+	ports := make([]int, 2)
+	for i := range ports {
+		c, err := net.ListenPacket("udp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ports[i] = c.LocalAddr().(*net.UDPAddr).Port
+		c.Close()
+	}
+	a, err := linkSocket(ports[0], ports[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := linkSocket(ports[1], ports[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	for _, p := range [][2]*os.File{{a, b}, {b, a}} {
+		msg := []byte("frame from " + p[0].Name())
+		if _, err := p[0].Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, 100)
+		n, err := p[1].Read(got)
+		if err != nil || string(got[:n]) != string(msg) {
+			t.Fatalf("%s read %q, %v; want %q", p[1].Name(), got[:n], err, msg)
+		}
+	}
+	if os.Geteuid() == 0 {
+		sc, err := a.SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rcv int
+		sc.Control(func(fd uintptr) { rcv, err = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF) })
+		// Linux reports twice the size set, for its bookkeeping.
+		if err != nil || rcv < linkSocketBuffer {
+			t.Fatalf("receive buffer %d, %v; want at least %d", rcv, err, linkSocketBuffer)
 		}
 	}
 }

@@ -174,8 +174,10 @@ func (v *VM) ConsoleTail(n int) string {
 	return string(b)
 }
 
-// qemuArgs returns qemu's command line.
-func (v *VM) qemuArgs() []string {
+// qemuArgs returns qemu's command line. linkFD says that qemu finds the
+// link's socket (see linkSocket) at file descriptor linkFD; otherwise
+// qemu opens the link's socket itself.
+func (v *VM) qemuArgs(linkFD bool) []string {
 	c := v.cfg
 	dir := c.Dir
 	appendLine := "console=ttyS0 panic=-1 quiet mitigations=off drbdd.node=" + c.Name
@@ -207,8 +209,12 @@ func (v *VM) qemuArgs() []string {
 			"-device", "virtio-blk-pci,drive=disk1,serial=scratch-"+c.Name)
 	}
 	if c.NetLocal != 0 {
+		netdev := fmt.Sprintf("socket,id=net0,udp=127.0.0.1:%d,localaddr=127.0.0.1:%d", c.NetPeer, c.NetLocal)
+		if linkFD {
+			netdev = fmt.Sprintf("dgram,id=net0,local.type=fd,local.str=%d", linkFDNumber)
+		}
 		args = append(args,
-			"-netdev", fmt.Sprintf("socket,id=net0,udp=127.0.0.1:%d,localaddr=127.0.0.1:%d", c.NetPeer, c.NetLocal),
+			"-netdev", netdev,
 			"-device", "virtio-net-pci,netdev=net0,mac="+c.MAC)
 	}
 	return args
@@ -242,10 +248,22 @@ func (v *VM) Boot(ctx context.Context) error {
 		return err
 	}
 	defer logf.Close()
-	fmt.Fprintf(logf, "--- %s: qemu-system-x86_64 %s\n", time.Now().Format(time.RFC3339), strings.Join(v.qemuArgs(), " "))
-	cmd := exec.Command("qemu-system-x86_64", v.qemuArgs()...)
+	var link *os.File
+	if v.cfg.NetLocal != 0 && qemuHasDgram() {
+		if link, err = linkSocket(v.cfg.NetLocal, v.cfg.NetPeer); err != nil {
+			return err
+		}
+		// qemu has its own copy once started.
+		defer link.Close()
+	}
+	args := v.qemuArgs(link != nil)
+	fmt.Fprintf(logf, "--- %s: qemu-system-x86_64 %s\n", time.Now().Format(time.RFC3339), strings.Join(args, " "))
+	cmd := exec.Command("qemu-system-x86_64", args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if link != nil {
+		cmd.ExtraFiles = []*os.File{link} // descriptor 3: linkFDNumber
+	}
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("lab: starting qemu for %s: %w", v.cfg.Name, err)
