@@ -32,7 +32,7 @@ func TestOutdatedNotPromotedOverDisklessPeer(t *testing.T) {
 	p.A.MustAdm("detach", "r0")
 	p.B.MustAdm("attach", "r0")
 	p.B.WaitState("cstate", "r0", "Connected", 20*time.Second)
-	t.Logf("before the promotion: alice %s %s, bob %s %s", admOut(p.A, "cstate"), admOut(p.A, "dstate"), admOut(p.B, "cstate"), admOut(p.B, "dstate"))
+	t.Logf("before the promotion: %s", p.states())
 	if out, err := p.B.Adm("primary", "r0"); err == nil {
 		t.Errorf("bob was promoted on his Outdated disk with a diskless peer (%s)", admOut(p.B, "dstate"))
 	} else {
@@ -45,7 +45,7 @@ func TestOutdatedNotPromotedOverDisklessPeer(t *testing.T) {
 		return (a == "Connected" || a == "StandAlone") && (b == "Connected" || b == "StandAlone") &&
 			!strings.Contains(admOut(p.A, "dstate"), "Inconsistent") && !strings.Contains(admOut(p.B, "dstate"), "Inconsistent")
 	})
-	t.Logf("after alice's attach: alice %s %s, bob %s %s", admOut(p.A, "cstate"), admOut(p.A, "dstate"), admOut(p.B, "cstate"), admOut(p.B, "dstate"))
+	t.Logf("after alice's attach: %s", p.states())
 	if p.A.LogContains("Split-Brain detected") {
 		t.Errorf("alice's attach met a split brain made by bob's promotion")
 	}
@@ -76,7 +76,7 @@ func TestOutdatedSyncSourceBecomesUpToDate(t *testing.T) {
 		return admOut(p.B, "dstate") == "UpToDate/Outdated" || admOut(p.B, "dstate") == "UpToDate/UpToDate" || admOut(p.A, "cstate") == "StandAlone"
 	})
 	time.Sleep(2 * time.Second)
-	t.Logf("after the resync: alice %s %s, bob %s %s", admOut(p.A, "cstate"), admOut(p.A, "dstate"), admOut(p.B, "cstate"), admOut(p.B, "dstate"))
+	t.Logf("after the resync: %s", p.states())
 	if got := admOut(p.A, "dstate"); got != "UpToDate/UpToDate" {
 		t.Errorf("alice, the SyncSource, ends %s; want UpToDate/UpToDate", got)
 	}

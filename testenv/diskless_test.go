@@ -585,7 +585,7 @@ func testUnseenDetach(t *testing.T, reconnectFirst bool) {
 	for _, n := range p.Nodes() {
 		n.WaitState("cstate", "r0", "Connected", 30*time.Second)
 	}
-	t.Logf("after the attach: alice %s %s, bob %s %s", admOut(p.A, "cstate"), admOut(p.A, "dstate"), admOut(p.B, "cstate"), admOut(p.B, "dstate"))
+	t.Logf("after the attach: %s", p.states())
 	p.downBoth(t)
 	if !diskHolds(t, p.Disk[p.B], w) {
 		t.Errorf("bob's disk lost writes acknowledged while alice was diskless")

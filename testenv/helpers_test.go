@@ -233,6 +233,13 @@ func admOut(n *Node, what string) string {
 	return strings.TrimSpace(out)
 }
 
+// states says both nodes' connection and disk states, for logs and
+// failure messages: "alice Connected UpToDate/UpToDate, bob ...".
+func (p *Pair) states() string {
+	return fmt.Sprintf("%s %s %s, %s %s %s", p.A.Name, admOut(p.A, "cstate"), admOut(p.A, "dstate"),
+		p.B.Name, admOut(p.B, "cstate"), admOut(p.B, "dstate"))
+}
+
 // downBoth takes r0 down on both nodes, demoting first.
 func (p *Pair) downBoth(t testing.TB) {
 	t.Helper()
@@ -268,8 +275,7 @@ func (p *Pair) waitSyncedStrict(t testing.TB, timeout time.Duration) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("not synced after %v: alice %s %s, bob %s %s", timeout,
-				admOut(p.A, "cstate"), admOut(p.A, "dstate"), admOut(p.B, "cstate"), admOut(p.B, "dstate"))
+			t.Fatalf("not synced after %v: %s", timeout, p.states())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
