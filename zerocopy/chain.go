@@ -62,11 +62,12 @@ func (c *Chain) FillFromConn(src syscall.RawConn, n int, take func() *Pipe) erro
 
 // DrainToFile moves the first n bytes held to f at offset off.
 func (c *Chain) DrainToFile(f *os.File, off int64, n int) error {
-	return c.consume(n, func(p *Pipe, k int) error {
+	_, err := c.consume(n, func(p *Pipe, k int) (int, error) {
 		err := p.DrainToFile(f, off, k)
 		off += int64(k)
-		return err
+		return k, err
 	})
+	return err
 }
 
 // ErrUnaligned reports that a file opened with O_DIRECT refused the
@@ -83,12 +84,46 @@ var ErrUnaligned = errors.New("zerocopy: pages not aligned for direct I/O")
 // moved, for the caller to write another way; any other error breaks
 // the chain.
 func (c *Chain) DrainToDirectFile(f *os.File, off int64, n int) (int, error) {
-	if c.broken {
-		return 0, errors.New("zerocopy: chain broken by an earlier error")
-	}
 	dst, err := f.SyscallConn()
 	if err != nil {
 		return 0, err
+	}
+	return c.consume(n, func(p *Pipe, k int) (int, error) {
+		m, err := p.drainToFile(dst, off, k)
+		off += int64(m)
+		if errors.Is(err, syscall.EINVAL) {
+			// The kernel checks alignment before it takes anything
+			// from the pipe, so the pipe still holds what it did not
+			// write.
+			err = fmt.Errorf("%w: %w", ErrUnaligned, err)
+		}
+		return m, err
+	})
+}
+
+// Discard drops the first n bytes held.
+func (c *Chain) Discard(n int) error {
+	_, err := c.consume(n, func(p *Pipe, k int) (int, error) { return k, p.Discard(k) })
+	return err
+}
+
+// ReadFull reads the first len(b) bytes held into b.
+func (c *Chain) ReadFull(b []byte) error {
+	_, err := c.consume(len(b), func(p *Pipe, k int) (int, error) {
+		err := p.ReadFull(b[:k])
+		b = b[k:]
+		return k, err
+	})
+	return err
+}
+
+// consume hands the first n bytes to move, pipe by pipe, and returns
+// how many were moved. move returns how many of the k bytes it was given
+// left the pipe. An error stops the walk and breaks the chain, except
+// ErrUnaligned, after which the pipe holds exactly the bytes not moved.
+func (c *Chain) consume(n int, move func(p *Pipe, k int) (int, error)) (int, error) {
+	if c.broken {
+		return 0, errors.New("zerocopy: chain broken by an earlier error")
 	}
 	moved := 0
 	for i := range c.parts {
@@ -100,17 +135,14 @@ func (c *Chain) DrainToDirectFile(f *os.File, off int64, n int) (int, error) {
 		if k == 0 {
 			continue
 		}
-		m, err := pt.p.drainToFile(dst, off+int64(moved), k)
+		m, err := move(pt.p, k)
+		if err != nil && !errors.Is(err, ErrUnaligned) {
+			c.broken = true
+			return moved, err
+		}
 		pt.n -= m
 		moved += m
-		if errors.Is(err, syscall.EINVAL) {
-			// The kernel checks alignment before it takes anything
-			// from the pipe, so the pipe still holds what it did not
-			// write.
-			return moved, fmt.Errorf("%w: %w", ErrUnaligned, err)
-		}
 		if err != nil {
-			c.broken = true
 			return moved, err
 		}
 	}
@@ -118,47 +150,6 @@ func (c *Chain) DrainToDirectFile(f *os.File, off int64, n int) (int, error) {
 		return moved, fmt.Errorf("zerocopy: %d bytes asked beyond the chain", n-moved)
 	}
 	return moved, nil
-}
-
-// Discard drops the first n bytes held.
-func (c *Chain) Discard(n int) error {
-	return c.consume(n, func(p *Pipe, k int) error { return p.Discard(k) })
-}
-
-// ReadFull reads the first len(b) bytes held into b.
-func (c *Chain) ReadFull(b []byte) error {
-	return c.consume(len(b), func(p *Pipe, k int) error {
-		err := p.ReadFull(b[:k])
-		b = b[k:]
-		return err
-	})
-}
-
-// consume hands the first n bytes to move, pipe by pipe.
-func (c *Chain) consume(n int, move func(p *Pipe, k int) error) error {
-	if c.broken {
-		return errors.New("zerocopy: chain broken by an earlier error")
-	}
-	for i := range c.parts {
-		if n == 0 {
-			break
-		}
-		pt := &c.parts[i]
-		k := min(n, pt.n)
-		if k == 0 {
-			continue
-		}
-		if err := move(pt.p, k); err != nil {
-			c.broken = true
-			return err
-		}
-		pt.n -= k
-		n -= k
-	}
-	if n > 0 {
-		return fmt.Errorf("zerocopy: %d bytes asked beyond the chain", n)
-	}
-	return nil
 }
 
 // TeeTo duplicates everything held into a new chain of pipes from take,

@@ -175,8 +175,8 @@ func (v *VM) ConsoleTail(n int) string {
 }
 
 // qemuArgs returns qemu's command line. linkFD says that qemu finds the
-// link's socket (see linkSocket) at file descriptor linkFD; otherwise
-// qemu opens the link's socket itself.
+// link's socket (see linkSocket) at file descriptor linkFDNumber;
+// otherwise qemu opens the link's socket itself.
 func (v *VM) qemuArgs(linkFD bool) []string {
 	c := v.cfg
 	dir := c.Dir
