@@ -95,6 +95,7 @@ func (p *Pipe) FillFromConn(src syscall.RawConn, n int) (int, error) {
 	held := 0
 	var serr error
 	err := src.Read(func(fd uintptr) bool {
+		retried := false
 		for held < n {
 			m, e := unix.Splice(int(fd), nil, p.w, nil, n-held, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 			switch {
@@ -103,7 +104,14 @@ func (p *Pipe) FillFromConn(src syscall.RawConn, n int) (int, error) {
 			case e == unix.EAGAIN:
 				// Either the socket has nothing yet (wait for it) or the
 				// pipe is full; only bytes waiting in the socket tell.
+				// They may also have arrived just after the splice found
+				// none, so the splice is tried once more before the pipe
+				// counts as full.
 				if avail, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ); err == nil && avail > 0 {
+					if !retried {
+						retried = true
+						continue
+					}
 					serr = ErrPipeFull
 					return true
 				}
@@ -116,6 +124,7 @@ func (p *Pipe) FillFromConn(src syscall.RawConn, n int) (int, error) {
 				return true
 			}
 			held += int(m)
+			retried = false
 		}
 		return true
 	})

@@ -1,21 +1,30 @@
 package zerocopy
 
-import "sync/atomic"
+import "sync"
 
 // Pool keeps a fixed set of pipes for reuse. A pipe taken for a block is
 // put back when the block has been moved; one that may still hold bytes
 // is replaced by a new pipe. It is safe for concurrent use.
 type Pool struct {
 	idle chan *Pipe
+	// gone is closed when the pool is closed or has no pipe left, so
+	// that no Take waits for a pipe that cannot come.
+	gone     chan struct{}
+	goneOnce sync.Once
+
+	// mu guards closed and live, and orders Put against Close: a pipe
+	// put back after Close is closed, not left in idle for nobody.
+	mu     sync.Mutex
+	closed bool
 	// live counts the pipes, idle or taken; it drops when a pipe cannot
 	// be replaced.
-	live atomic.Int32
+	live int
 }
 
 // NewPool creates a pool of n pipes of DefaultPipeSize. It returns nil if
 // the kernel refuses them.
 func NewPool(n int) *Pool {
-	pl := &Pool{idle: make(chan *Pipe, n)}
+	pl := &Pool{idle: make(chan *Pipe, n), gone: make(chan struct{})}
 	for range n {
 		p, err := NewPipe(DefaultPipeSize)
 		if err != nil {
@@ -23,46 +32,86 @@ func NewPool(n int) *Pool {
 			return nil
 		}
 		pl.idle <- p
+		pl.live++
 	}
-	pl.live.Store(int32(n))
 	return pl
 }
 
 // Take waits for an idle pipe. It returns nil when done is closed first,
-// or at once when no pipe is left at all.
+// or when the pool is closed or has no pipe left.
 func (pl *Pool) Take(done <-chan struct{}) *Pipe {
 	select {
 	case p := <-pl.idle:
 		return p
 	default:
 	}
-	if pl.live.Load() <= 0 {
-		return nil
-	}
 	select {
 	case p := <-pl.idle:
 		return p
 	case <-done:
 		return nil
+	case <-pl.gone:
+		return nil
+	}
+}
+
+// TryTake returns an idle pipe, or nil at once if none is idle.
+func (pl *Pool) TryTake() *Pipe {
+	select {
+	case p := <-pl.idle:
+		return p
+	default:
+		return nil
+	}
+}
+
+// ChainTaker returns the take function for one chain (Chain.FillFromConn
+// or Chain.TeeTo): it waits for the chain's first pipe and takes each
+// further one only if it is idle, returning nil (ErrNoPipe) otherwise.
+// So a chain never waits for a pipe while it holds one. Chains that each
+// held part of the pool and waited for more could wait for each other
+// for ever.
+func (pl *Pool) ChainTaker(done <-chan struct{}) func() *Pipe {
+	first := true
+	return func() *Pipe {
+		if first {
+			first = false
+			return pl.Take(done)
+		}
+		return pl.TryTake()
 	}
 }
 
 // Put gives a pipe back; empty says it holds no bytes and can be reused.
 func (pl *Pool) Put(p *Pipe, empty bool) {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	if pl.closed {
+		p.Close()
+		return
+	}
 	if !empty {
 		p.Close()
 		np, err := NewPipe(DefaultPipeSize)
 		if err != nil {
-			pl.live.Add(-1)
+			pl.live--
+			if pl.live == 0 {
+				pl.goneOnce.Do(func() { close(pl.gone) })
+			}
 			return
 		}
 		p = np
 	}
-	pl.idle <- p
+	pl.idle <- p // never blocks: idle has room for every live pipe
 }
 
-// Close closes the idle pipes; call it once every pipe is back.
+// Close closes the idle pipes and ends the pool: pipes still taken are
+// closed when they are put back, and waiting Takes return nil.
 func (pl *Pool) Close() {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	pl.closed = true
+	pl.goneOnce.Do(func() { close(pl.gone) })
 	for {
 		select {
 		case p := <-pl.idle:

@@ -689,7 +689,7 @@ func (b *backend) WriteFromPipe(head []byte, c *zerocopy.Chain, n int, off int64
 		if s.splice.raw == nil {
 			return r.writeChainInMemory(ld, head, c, off, length)
 		}
-		tc, err = c.TeeTo(func() *zerocopy.Pipe { return s.splice.tx.Take(s.ctx.Done()) })
+		tc, err = c.TeeTo(s.splice.tx.ChainTaker(s.ctx.Done()))
 		if err != nil {
 			tc.Release(s.splice.tx.Put)
 			if s.ctx.Err() != nil {
