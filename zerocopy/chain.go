@@ -92,9 +92,11 @@ func (c *Chain) DrainToDirectFile(f *os.File, off int64, n int) (int, error) {
 		m, err := p.drainToFile(dst, off, k)
 		off += int64(m)
 		if errors.Is(err, syscall.EINVAL) {
-			// The kernel checks alignment before it takes anything
-			// from the pipe, so the pipe still holds what it did not
-			// write.
+			// A refused splice takes nothing from the pipe, so the
+			// pipe still holds what this call did not count as
+			// written. (A filesystem that checks alignment extent by
+			// extent may have written the first extents before it
+			// refused; the caller then writes the same bytes again.)
 			err = fmt.Errorf("%w: %w", ErrUnaligned, err)
 		}
 		return m, err
