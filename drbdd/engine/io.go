@@ -662,22 +662,24 @@ func (b *backend) WriteFromPipe(head []byte, c *zerocopy.Chain, n int, off int64
 	// disk is a direct one; and if they are not, the direct write says
 	// so and the rest goes through memory.
 	if fua || !b.TakesPipe(off, n, true) {
-		buf, err := readChain(head, c, n)
-		if err != nil {
-			return fmt.Errorf("%s: reading write data: %w", r.name, err)
-		}
-		defer putBuf(buf)
-		return r.appWrite(writeData, buf, off, int64(n), fua)
+		return r.appWriteChain(head, c, n, off, fua)
 	}
 	ld, err := r.beginAppWrite()
 	if err != nil {
 		return err
 	}
+	if ld == nil {
+		// The disk went away since TakesPipe. A diskless write needs the
+		// peer and may have to wait out a re-handshake, which appWrite
+		// does; it takes the gate again itself.
+		r.endAppWrite()
+		return r.appWriteChain(head, c, n, off, false)
+	}
 	defer r.endAppWrite()
 	length := int64(n)
 	lr := r.io.writes.acquire(off, length)
 	defer r.io.writes.release(lr)
-	if ld == nil || !spliceTarget(ld.dev, len(head)) {
+	if !spliceTarget(ld.dev, len(head)) {
 		return r.writeChainInMemory(ld, head, c, off, length)
 	}
 
@@ -714,6 +716,17 @@ func (b *backend) WriteFromPipe(head []byte, c *zerocopy.Chain, n int, off int64
 	err = writeHeadAndChain(ld.dev, head, c, off, length)
 	r.io.local.Add(-1)
 	return r.writeDone(ld, s, q, off, length, err)
+}
+
+// appWriteChain reads a block held in pipes into memory and writes it
+// the ordinary way (appWrite).
+func (r *Resource) appWriteChain(head []byte, c *zerocopy.Chain, n int, off int64, fua bool) error {
+	buf, err := readChain(head, c, n)
+	if err != nil {
+		return fmt.Errorf("%s: reading write data: %w", r.name, err)
+	}
+	defer putBuf(buf)
+	return r.appWrite(writeData, buf, off, int64(n), fua)
 }
 
 // TakesPipe reports whether a write of n bytes at off can be spliced: it
