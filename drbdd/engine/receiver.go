@@ -748,10 +748,7 @@ func (s *session) recvWrite(kind writeKind, h protocol.DataHeader, blk *rxBlock,
 	if n == 0 {
 		// An empty flush: it asks for a disk flush at the epoch's barrier.
 		if h.DPFlags&protocol.DPFlush != 0 {
-			s.recvMu.Lock()
-			e := s.openRecvEpochLocked()
-			e.flush = true
-			s.recvMu.Unlock()
+			s.recvEpochs.flushRequested()
 		}
 		if h.DPFlags&(protocol.DPSendWriteAck|protocol.DPSendReceiveAck) != 0 {
 			cmd := protocol.PWriteAck
@@ -797,7 +794,7 @@ func (s *session) recvWrite(kind writeKind, h protocol.DataHeader, blk *rxBlock,
 	if !inline {
 		blk = blk.ownCopy()
 	}
-	ep := s.recvEpochWrite()
+	ep := s.recvEpochs.write()
 	lr := r.io.writes.acquire(off, n)
 	onlyDisk := r.State().PDsk < replication.Inconsistent
 	if onlyDisk {
@@ -870,85 +867,39 @@ func (r *Resource) applyPeerWrite(ld *localDisk, kind writeKind, blk *rxBlock, o
 	return nil
 }
 
-// recvEpochWrite counts a write into the open receive epoch.
-func (s *session) recvEpochWrite() *recvEpoch {
-	s.recvMu.Lock()
-	defer s.recvMu.Unlock()
-	e := s.openRecvEpochLocked()
-	e.writes++
-	return e
-}
-
-// openRecvEpochLocked returns the open receive epoch, starting one if
-// needed. Caller holds recvMu.
-func (s *session) openRecvEpochLocked() *recvEpoch {
-	n := len(s.recvEpochs)
-	if n == 0 || s.recvEpochs[n-1].closed {
-		s.recvEpochs = append(s.recvEpochs, &recvEpoch{})
-		n++
-	}
-	return s.recvEpochs[n-1]
-}
-
 // recvBarrier closes the open receive epoch.
 func (s *session) recvBarrier(nr uint32) {
-	s.recvMu.Lock()
-	n := len(s.recvEpochs)
-	if n == 0 || s.recvEpochs[n-1].closed {
-		// An epoch without writes (possible after a reconnect): ack it.
-		s.recvEpochs = append(s.recvEpochs, &recvEpoch{})
-		n++
-	}
-	e := s.recvEpochs[n-1]
-	e.closed, e.barrier = true, nr
-	s.recvMu.Unlock()
+	s.recvEpochs.barrier(nr)
 	s.recvEpochDone(nil, s.r.ldev.Load())
 }
 
 // recvEpochDone records a finished peer write and acknowledges, in order,
-// every closed epoch whose writes are all done. With disk-flushes (DRBD's
-// write ordering "f") or when the Primary's client flushed in the epoch,
-// the disk is flushed first, so that the barrier ack promises stable
-// storage; otherwise it promises completion (write ordering "d").
+// every closed epoch whose writes are all done (see recvEpochs.done).
+// With disk-flushes (DRBD's write ordering "f") or when the Primary's
+// client flushed in an epoch, the disk is flushed first, so that the
+// barrier ack promises stable storage; otherwise it promises completion
+// (write ordering "d").
 func (s *session) recvEpochDone(e *recvEpoch, ld *localDisk) {
-	s.recvMu.Lock()
-	if e != nil {
-		e.done++
-	}
-	var acks []protocol.BarrierAck
-	flush := s.r.diskConfCopy().DiskFlushes
-	for len(s.recvEpochs) > 0 {
-		f := s.recvEpochs[0]
-		if !f.closed || f.done < f.writes {
-			break
+	flush := func() error {
+		// A disk being detached is flushed all the same: the epochs'
+		// writes went to it. Once it is closed (and so synced), no disk
+		// is left to flush.
+		if ld == nil {
+			ld = s.r.retiring.Load()
 		}
-		acks = append(acks, protocol.BarrierAck{Barrier: f.barrier, SetSize: uint32(f.writes)})
-		flush = flush || f.flush
-		s.recvEpochs = s.recvEpochs[1:]
-	}
-	s.recvMu.Unlock()
-	if len(acks) == 0 {
-		return
-	}
-	// Every write of these epochs is done (drained); a flush follows when
-	// a client asked for one or disk-flushes is set. A disk being
-	// detached is flushed all the same: the epochs' writes went to it.
-	// Once it is closed (and so synced), no disk is left to flush.
-	if ld == nil {
-		ld = s.r.retiring.Load()
-	}
-	if ld != nil && flush {
+		if ld == nil {
+			return nil
+		}
 		if err := ld.dev.Sync(); err != nil {
 			s.r.localIOError("flush", 0, err)
-			s.cancel(fmt.Errorf("flush for barrier: %w", err))
-			return
+			err = fmt.Errorf("flush for barrier: %w", err)
+			s.cancel(err)
+			return err
 		}
+		return nil
 	}
-	for i := range acks {
-		if s.sendMeta(protocol.PBarrierAck, &acks[i]) != nil {
-			return
-		}
-	}
+	send := func(a protocol.BarrierAck) error { return s.sendMeta(protocol.PBarrierAck, &a) }
+	s.recvEpochs.done(e, s.r.diskConfCopy().DiskFlushes, flush, send)
 }
 
 // recvState applies the peer's new state to ours.

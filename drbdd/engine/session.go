@@ -73,16 +73,6 @@ type tlEpoch struct {
 	closed bool // its barrier was sent
 }
 
-// recvEpoch counts the peer's writes between two of its barriers.
-type recvEpoch struct {
-	writes, done int
-	barrier      uint32
-	closed       bool
-	// flush is set when the Primary's client flushed in this epoch: the
-	// barrier ack must then follow a flush of our disk.
-	flush bool
-}
-
 // maxIdleAppliers bounds the workers that wait to apply the peer's
 // writes, so that a burst of small writes does not leave thousands of
 // goroutines behind for the rest of the session.
@@ -151,9 +141,8 @@ type session struct {
 	closed         bool
 	lastBarrierAck uint32
 
-	// recvMu guards recvEpochs, the peer's open epochs in arrival order.
-	recvMu     sync.Mutex
-	recvEpochs []*recvEpoch
+	// recvEpochs holds the peer's epochs in arrival order.
+	recvEpochs recvEpochs
 
 	// peerState is the peer's last P_STATE, converted to our view.
 	peerState atomic.Uint32
