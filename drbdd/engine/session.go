@@ -418,6 +418,16 @@ func (s *session) sendMeta(cmd protocol.Cmd, p protocol.Payload) error {
 	return err
 }
 
+// sendKeepalive writes a ping or ping ack on the meta socket at once,
+// past the receiver's cork (see sockWriter.sendPastCork).
+func (s *session) sendKeepalive(cmd protocol.Cmd) error {
+	err := s.metaW.sendPastCork(cmd)
+	if err != nil {
+		s.cancel(fmt.Errorf("sending %s: %w", cmd, err))
+	}
+	return err
+}
+
 // sendNow writes a packet on the data socket directly; only for the
 // handshake, before the worker owns the socket.
 func (s *session) sendNow(cmd protocol.Cmd, p protocol.Payload) error {
@@ -482,7 +492,7 @@ func (s *session) asender() error {
 			return errPingTimeout
 		}
 		if pingSent.IsZero() && !now.Before(nextPing) {
-			if err := s.sendMeta(protocol.PPing, &protocol.Empty{}); err != nil {
+			if err := s.sendKeepalive(protocol.PPing); err != nil {
 				return err
 			}
 			pingSent = now
@@ -507,7 +517,7 @@ func (s *session) asender() error {
 		}
 		switch h.Cmd {
 		case protocol.PPing:
-			if err := s.sendMeta(protocol.PPingAck, &protocol.Empty{}); err != nil {
+			if err := s.sendKeepalive(protocol.PPingAck); err != nil {
 				return err
 			}
 		case protocol.PPingAck:

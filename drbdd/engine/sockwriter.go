@@ -130,6 +130,26 @@ func (w *sockWriter) send(cmd protocol.Cmd, parts ...[]byte) error {
 	return w.flushQueued()
 }
 
+// sendPastCork writes one packet at once with whatever is buffered, even
+// while the socket is corked. Pings and ping acks go this way: the
+// receiver corks the ack socket while it works through a burst, and that
+// work can wait on the disk (a flush for a barrier, a full write budget),
+// but a keepalive that waited with it would let the peer's ping-timeout
+// end a healthy connection. DRBD's asender likewise answers pings
+// whatever the disk does.
+func (w *sockWriter) sendPastCork(cmd protocol.Cmd, parts ...[]byte) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err := w.pc.WritePacket(cmd, parts...); err != nil {
+		return err
+	}
+	if w.out.buffered() == 0 {
+		return nil // written already (a large packet)
+	}
+	w.out.packets++
+	return w.flushLocked()
+}
+
 // queue appends one packet to the buffer. When it reports flush, the
 // caller has become the flusher and must call flushQueued, best after
 // releasing any lock that other writers wait for; otherwise someone else
