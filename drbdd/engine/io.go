@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync"
@@ -82,6 +83,16 @@ type lockedRange struct {
 
 // acquire blocks until [off, off+n) overlaps no active range, then owns it.
 func (l *rangeLock) acquire(off, n int64) *lockedRange {
+	me, _ := l.acquireCtx(context.Background(), off, n)
+	return me
+}
+
+// acquireCtx is acquire for a session's goroutines: it gives up with the
+// context's error when ctx ends first. An application write can hold a
+// range until the peer acks it, and only the session's teardown fails
+// such a write, after it has waited for the session's goroutines: one of
+// those waiting for the range without a way out would hang the teardown.
+func (l *rangeLock) acquireCtx(ctx context.Context, off, n int64) (*lockedRange, error) {
 	me := &lockedRange{off: off, end: off + n}
 	l.mu.Lock()
 	for {
@@ -94,13 +105,17 @@ func (l *rangeLock) acquire(off, n int64) *lockedRange {
 		}
 		wait := a.done
 		l.mu.Unlock()
-		<-wait
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 		l.mu.Lock()
 	}
 	me.idx = len(l.active)
 	l.active = append(l.active, me)
 	l.mu.Unlock()
-	return me
+	return me, nil
 }
 
 // overlapLocked returns an active range overlapping [off, end), or nil.

@@ -1,6 +1,8 @@
 package engine
 
 import (
+	"context"
+	"errors"
 	"testing"
 	"time"
 )
@@ -43,4 +45,36 @@ func TestRangeLock(t *testing.T) {
 	if len(l.active) != 0 {
 		t.Fatalf("%d ranges left", len(l.active))
 	}
+}
+
+// TestRangeLockGivesUpWithContext checks that a session's acquire waiting
+// for an owned range returns when its context ends, owning nothing, and
+// that the range can be had once released.
+func TestRangeLockGivesUpWithContext(t *testing.T) {
+	var l rangeLock
+	held := l.acquire(0, 8192)
+	ctx, cancel := context.WithCancel(context.Background())
+	type result struct {
+		r   *lockedRange
+		err error
+	}
+	got := make(chan result)
+	go func() {
+		r, err := l.acquireCtx(ctx, 4096, 4096)
+		got <- result{r, err}
+	}()
+	cancel()
+	res := <-got
+	if res.r != nil || !errors.Is(res.err, context.Canceled) {
+		t.Fatalf("acquireCtx after cancel: %v, %v; want nil, context.Canceled", res.r, res.err)
+	}
+	if len(l.active) != 1 {
+		t.Fatalf("%d active ranges after the cancelled acquire, want 1", len(l.active))
+	}
+	l.release(held)
+	r, err := l.acquireCtx(context.Background(), 4096, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.release(r)
 }

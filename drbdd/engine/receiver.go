@@ -794,8 +794,11 @@ func (s *session) recvWrite(kind writeKind, h protocol.DataHeader, blk *rxBlock,
 	if !inline {
 		blk = blk.ownCopy()
 	}
+	lr, err := r.io.writes.acquireCtx(s.ctx, off, n)
+	if err != nil {
+		return nil // the session ends
+	}
 	ep := s.recvEpochs.write()
-	lr := r.io.writes.acquire(off, n)
 	onlyDisk := r.State().PDsk < replication.Inconsistent
 	if onlyDisk {
 		// The writes of a diskless Primary reach this disk only: record

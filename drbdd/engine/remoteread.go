@@ -146,7 +146,10 @@ func (s *session) serveDataRequest(rq protocol.BlockReq) error {
 	// Owned in arrival order, like the peer's writes: a read sent after
 	// a write to the same blocks sees that write, even when protocol A
 	// or B acknowledged the write before it reached this disk.
-	lr := r.io.writes.acquire(off, n)
+	lr, err := r.io.writes.acquireCtx(s.ctx, off, n)
+	if err != nil {
+		return nil // the session ends
+	}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()

@@ -435,7 +435,10 @@ func (y *syncState) gotData(d protocol.DataHeader, blk *rxBlock) error {
 	if !inline {
 		blk = blk.ownCopy()
 	}
-	lr := r.io.writes.acquire(off, n)
+	lr, err := r.io.writes.acquireCtx(s.ctx, off, n)
+	if err != nil {
+		return nil // the session ends
+	}
 	if err := s.peerBuffers.acquire(s.ctx, n); err != nil {
 		r.io.writes.release(lr)
 		return nil
@@ -586,7 +589,11 @@ func (y *syncState) serveRequest(cmd protocol.Cmd, rq protocol.BlockReq) error {
 	}
 	// Owned here, in arrival order: the read then sees exactly the writes
 	// that came before the request on the wire.
-	lr := r.io.writes.acquire(off, n)
+	lr, err := r.io.writes.acquireCtx(s.ctx, off, n)
+	if err != nil {
+		<-y.sem
+		return nil // the session ends
+	}
 	if cmd == protocol.PRSDataRequest && s.splice.raw != nil && n >= spliceMin && pageCacheFile(ld.dev) != nil {
 		// Served from the page cache by the splice sender, in order; the
 		// semaphore bounds its queue, so this does not block.
@@ -1018,7 +1025,10 @@ func (s *session) verifier() error {
 			// reaches the peer either before the request (both digests
 			// include it) or after it (neither does).
 			off, n := int64(q.Sector)*512, int64(q.Size)
-			lr := r.io.writes.acquire(off, n)
+			lr, err := r.io.writes.acquireCtx(s.ctx, off, n)
+			if err != nil {
+				return nil // the session ends
+			}
 			d, err := y.localDigest(v.alg, off, n)
 			if err == nil {
 				y.mu.Lock()
