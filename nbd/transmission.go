@@ -460,7 +460,7 @@ func (t *transmission) splices(off uint64, n uint32) bool {
 	if !ok || !rok {
 		return false
 	}
-	if t.pipes = zerocopy.NewPool(pipesPerConn); t.pipes == nil {
+	if t.pipes = zerocopy.NewPool(pipesPerConn, zerocopy.DefaultPipeSize); t.pipes == nil {
 		return false
 	}
 	t.raw, t.pw = raw, pw

@@ -11,6 +11,8 @@ type Pool struct {
 	// that no Take waits for a pipe that cannot come.
 	gone     chan struct{}
 	goneOnce sync.Once
+	// size is the size asked for each pipe, replacements too.
+	size int
 
 	// mu guards closed and live, and orders Put against Close: a pipe
 	// put back after Close is closed, not left in idle for nobody.
@@ -21,12 +23,13 @@ type Pool struct {
 	live int
 }
 
-// NewPool creates a pool of n pipes of DefaultPipeSize. It returns nil if
-// the kernel refuses them.
-func NewPool(n int) *Pool {
-	pl := &Pool{idle: make(chan *Pipe, n), gone: make(chan struct{})}
+// NewPool creates a pool of n pipes of size bytes each (DefaultPipeSize
+// unless a test wants a block to span several). It returns nil if the
+// kernel refuses them.
+func NewPool(n, size int) *Pool {
+	pl := &Pool{idle: make(chan *Pipe, n), gone: make(chan struct{}), size: size}
 	for range n {
-		p, err := NewPipe(DefaultPipeSize)
+		p, err := NewPipe(size)
 		if err != nil {
 			pl.Close()
 			return nil
@@ -82,6 +85,13 @@ func (pl *Pool) ChainTaker(done <-chan struct{}) func() *Pipe {
 	}
 }
 
+// Live returns how many pipes the pool has, idle or taken.
+func (pl *Pool) Live() int {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	return pl.live
+}
+
 // Put gives a pipe back; empty says it holds no bytes and can be reused.
 func (pl *Pool) Put(p *Pipe, empty bool) {
 	pl.mu.Lock()
@@ -92,7 +102,7 @@ func (pl *Pool) Put(p *Pipe, empty bool) {
 	}
 	if !empty {
 		p.Close()
-		np, err := NewPipe(DefaultPipeSize)
+		np, err := NewPipe(pl.size)
 		if err != nil {
 			pl.live--
 			if pl.live == 0 {

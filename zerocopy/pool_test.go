@@ -22,7 +22,7 @@ func closedFD(fd int) bool {
 // ErrNoPipe (their writers then go through memory), and every pipe comes
 // back.
 func TestPoolChainsDoNotWaitForEachOther(t *testing.T) {
-	pl := NewPool(2)
+	pl := NewPool(2, DefaultPipeSize)
 	if pl == nil {
 		t.Fatal("no pool")
 	}
@@ -91,7 +91,7 @@ func TestPoolChainsDoNotWaitForEachOther(t *testing.T) {
 // closed rather than kept, and that Take on a closed pool returns nil
 // instead of waiting.
 func TestPoolPutAfterClose(t *testing.T) {
-	pl := NewPool(2)
+	pl := NewPool(2, DefaultPipeSize)
 	if pl == nil {
 		t.Fatal("no pool")
 	}

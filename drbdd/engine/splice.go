@@ -1,6 +1,8 @@
 package engine
 
 import (
+	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -64,7 +66,7 @@ func newSpliceState(nc any) spliceState {
 	if !ok {
 		return spliceState{}
 	}
-	z := spliceState{raw: raw, rx: zerocopy.NewPool(rxPipes), tx: zerocopy.NewPool(txPipes)}
+	z := spliceState{raw: raw, rx: zerocopy.NewPool(rxPipes, zerocopy.DefaultPipeSize), tx: zerocopy.NewPool(txPipes, zerocopy.DefaultPipeSize)}
 	if z.rx == nil || z.tx == nil {
 		z.close()
 		return spliceState{}
@@ -157,6 +159,31 @@ func (b *rxBlock) skip(length int64) {
 	b.pos += length
 }
 
+// intoMemory moves a block whose pipes ran out while it was received
+// into a buffer of its own: what the pipes hold, then the rest from the
+// socket, read through rd past its buffer (see
+// zerocopy.CappedReader.ReadFullPast).
+func (b *rxBlock) intoMemory(cr *zerocopy.CappedReader, rd *bufio.Reader) error {
+	buf := getBuf(int(b.n))
+	k := copy(buf, b.mem)
+	held := b.chain.Len()
+	if err := b.chain.ReadFull(buf[k : k+held]); err != nil {
+		putBuf(buf)
+		return err
+	}
+	if err := cr.ReadFullPast(rd, buf[k+held:]); err != nil {
+		putBuf(buf)
+		return err
+	}
+	b.chain.Release(b.pool.Put)
+	b.chain = nil
+	if b.pooled {
+		putBuf(b.mem)
+	}
+	b.mem, b.pooled = buf, true
+	return nil
+}
+
 // release gives back the pipes and buffer; the block is done with. It
 // may be called more than once, and on nil.
 func (b *rxBlock) release() {
@@ -223,7 +250,22 @@ func (s *session) readBlock(h protocol.Header) (d protocol.DataHeader, b *rxBloc
 			b.mem, b.pooled = getBuf(k), true
 			io.ReadFull(s.dataRd, b.mem)
 		}
-		err = b.chain.FillFromConn(z.raw, n-len(b.mem), func() *zerocopy.Pipe { return z.rx.Take(s.ctx.Done()) })
+		taken := 0
+		err = b.chain.FillFromConn(z.raw, n-len(b.mem), func() *zerocopy.Pipe {
+			// Only the receiver takes these pipes, and the writes that
+			// hold the others give them back, so waiting for one is
+			// safe, unless this block holds all the pool has: it would
+			// wait for itself (a block in small fragments, in pipes
+			// smaller than asked for).
+			if taken >= z.rx.Live() {
+				return nil
+			}
+			taken++
+			return z.rx.Take(s.ctx.Done())
+		})
+		if errors.Is(err, zerocopy.ErrNoPipe) && s.ctx.Err() == nil {
+			err = b.intoMemory(&s.rxLimit, s.dataRd)
+		}
 	} else {
 		b = &rxBlock{mem: getBuf(n), n: int64(n), pooled: true}
 		err = s.rxLimit.ReadFullPast(s.dataRd, b.mem)
