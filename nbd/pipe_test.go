@@ -93,3 +93,36 @@ func TestWritesThroughPipes(t *testing.T) {
 		t.Fatalf("read back: %v, data equal %v", errno, bytes.Equal(got, want[:7<<20]))
 	}
 }
+
+// TestWritesThroughTooFewPipes gives each connection pipes of one page
+// slot, so that a 1 MiB write over TCP needs more pipes than the
+// connection has. The reader must not wait for pipes it holds itself: the
+// rest of such a write goes into memory, and every byte reads back.
+func TestWritesThroughTooFewPipes(t *testing.T) {
+	saved := pipeSize
+	pipeSize = 4096
+	// Restored after the server's own cleanup has stopped it.
+	t.Cleanup(func() { pipeSize = saved })
+	be := &pipeBackend{memBackend: newMemBackend(4 << 20)}
+	prov := newTestProvider()
+	prov.add(Export{Name: "r0", Backend: be})
+	ts := startServer(t, prov, nil)
+	cl := connect(t, ts.addr, "r0")
+
+	want := make([]byte, 4<<20)
+	rnd := rand.New(rand.NewPCG(3, 4))
+	for i := range want {
+		want[i] = byte(rnd.Uint32())
+	}
+	const n = 1 << 20
+	for off := 0; off < len(want); off += n {
+		if errno, _ := cl.do(cmdWrite, 0, uint64(off), n, want[off:off+n]); errno != 0 {
+			t.Fatalf("write at %d: %v", off, errno)
+		}
+	}
+	errno, got := cl.do(cmdRead, 0, 0, uint32(len(want)), nil)
+	if errno != 0 || !bytes.Equal(got, want) {
+		t.Fatalf("read back: %v, data equal %v", errno, bytes.Equal(got, want))
+	}
+	t.Logf("%d of 4 writes came through pipes alone", be.piped.Load())
+}

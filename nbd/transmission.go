@@ -446,6 +446,10 @@ const (
 	pipesPerConn   = 16
 )
 
+// pipeSize is the size asked for each of a connection's pipes. Tests
+// shrink it, so that a write needs more pipes than a connection has.
+var pipeSize = zerocopy.DefaultPipeSize
+
 // splices reports whether a WRITE of n bytes is read into a pipe. Called
 // by the reader only.
 func (t *transmission) splices(off uint64, n uint32) bool {
@@ -460,7 +464,7 @@ func (t *transmission) splices(off uint64, n uint32) bool {
 	if !ok || !rok {
 		return false
 	}
-	if t.pipes = zerocopy.NewPool(pipesPerConn, zerocopy.DefaultPipeSize); t.pipes == nil {
+	if t.pipes = zerocopy.NewPool(pipesPerConn, pipeSize); t.pipes == nil {
 		return false
 	}
 	t.raw, t.pw = raw, pw
@@ -477,8 +481,23 @@ func (t *transmission) readIntoPipe(r *request) error {
 			return err
 		}
 	}
+	// Only the reader takes these pipes, and the workers give theirs
+	// back, so waiting for one is safe, unless this write holds all the
+	// pool has (a write in small fragments, in pipes smaller than asked
+	// for): then the rest goes into memory.
 	c := &zerocopy.Chain{}
-	if err := c.FillFromConn(t.raw, n-len(r.buf), t.takePipe); err != nil {
+	taken := 0
+	err := c.FillFromConn(t.raw, n-len(r.buf), func() *zerocopy.Pipe {
+		p := t.pipes.TakeBelow(t.done, taken)
+		if p != nil {
+			taken++
+		}
+		return p
+	})
+	if errors.Is(err, zerocopy.ErrNoPipe) && !t.closing() {
+		return t.payloadIntoMemory(r, c)
+	}
+	if err != nil {
 		c.Release(t.pipes.Put)
 		return err
 	}
@@ -489,8 +508,39 @@ func (t *transmission) readIntoPipe(r *request) error {
 	return nil
 }
 
-// takePipe waits for an idle pipe; nil means none is to be had.
-func (t *transmission) takePipe() *zerocopy.Pipe { return t.pipes.Take(t.done) }
+// payloadIntoMemory reads a WRITE's payload whose pipes ran out into one
+// buffer: the head read already, what the pipes hold, and the rest from
+// the socket, past the read buffer.
+func (t *transmission) payloadIntoMemory(r *request, c *zerocopy.Chain) error {
+	buf, bufp := getBuffer(int(r.h.Length))
+	k := copy(buf, r.buf)
+	held := c.Len()
+	err := c.ReadFull(buf[k : k+held])
+	if err == nil {
+		err = t.cr.ReadFullPast(t.br, buf[k+held:])
+	}
+	c.Release(t.pipes.Put)
+	if err != nil {
+		putBuffer(bufp)
+		return err
+	}
+	if r.bufp != nil {
+		putBuffer(r.bufp)
+	}
+	r.buf, r.bufp = buf, bufp
+	t.cr.Next = requestHeaderSize
+	return nil
+}
+
+// closing reports whether the connection is shutting down.
+func (t *transmission) closing() bool {
+	select {
+	case <-t.done:
+		return true
+	default:
+		return false
+	}
+}
 
 // closePipes releases the pipes once the workers are done.
 func (t *transmission) closePipes() {

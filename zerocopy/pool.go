@@ -7,27 +7,27 @@ import "sync"
 // is replaced by a new pipe. It is safe for concurrent use.
 type Pool struct {
 	idle chan *Pipe
-	// gone is closed when the pool is closed or has no pipe left, so
-	// that no Take waits for a pipe that cannot come.
-	gone     chan struct{}
-	goneOnce sync.Once
 	// size is the size asked for each pipe, replacements too.
 	size int
 
-	// mu guards closed and live, and orders Put against Close: a pipe
-	// put back after Close is closed, not left in idle for nobody.
+	// mu guards closed, live and shrunk, and orders Put against Close: a
+	// pipe put back after Close is closed, not left in idle for nobody.
 	mu     sync.Mutex
 	closed bool
 	// live counts the pipes, idle or taken; it drops when a pipe cannot
 	// be replaced.
 	live int
+	// shrunk is closed, and replaced, whenever live drops or the pool is
+	// closed, so that a waiting TakeBelow looks again whether a pipe can
+	// still come.
+	shrunk chan struct{}
 }
 
 // NewPool creates a pool of n pipes of size bytes each (DefaultPipeSize
 // unless a test wants a block to span several). It returns nil if the
 // kernel refuses them.
 func NewPool(n, size int) *Pool {
-	pl := &Pool{idle: make(chan *Pipe, n), gone: make(chan struct{}), size: size}
+	pl := &Pool{idle: make(chan *Pipe, n), shrunk: make(chan struct{}), size: size}
 	for range n {
 		p, err := NewPipe(size)
 		if err != nil {
@@ -42,19 +42,35 @@ func NewPool(n, size int) *Pool {
 
 // Take waits for an idle pipe. It returns nil when done is closed first,
 // or when the pool is closed or has no pipe left.
-func (pl *Pool) Take(done <-chan struct{}) *Pipe {
-	select {
-	case p := <-pl.idle:
-		return p
-	default:
-	}
-	select {
-	case p := <-pl.idle:
-		return p
-	case <-done:
-		return nil
-	case <-pl.gone:
-		return nil
+func (pl *Pool) Take(done <-chan struct{}) *Pipe { return pl.TakeBelow(done, 0) }
+
+// TakeBelow is Take for a taker that already holds held of the pool's
+// pipes and is the only one taking: the other holders give theirs back
+// without waiting for it. It waits for an idle pipe only while the pool
+// has more than held pipes; once held reaches that (the pool cannot
+// replace a pipe, or the taker's block needs them all), it returns nil
+// rather than wait for itself.
+func (pl *Pool) TakeBelow(done <-chan struct{}, held int) *Pipe {
+	for {
+		select {
+		case p := <-pl.idle:
+			return p
+		default:
+		}
+		pl.mu.Lock()
+		if pl.closed || held >= pl.live {
+			pl.mu.Unlock()
+			return nil
+		}
+		shrunk := pl.shrunk
+		pl.mu.Unlock()
+		select {
+		case p := <-pl.idle:
+			return p
+		case <-done:
+			return nil
+		case <-shrunk:
+		}
 	}
 }
 
@@ -85,13 +101,6 @@ func (pl *Pool) ChainTaker(done <-chan struct{}) func() *Pipe {
 	}
 }
 
-// Live returns how many pipes the pool has, idle or taken.
-func (pl *Pool) Live() int {
-	pl.mu.Lock()
-	defer pl.mu.Unlock()
-	return pl.live
-}
-
 // Put gives a pipe back; empty says it holds no bytes and can be reused.
 func (pl *Pool) Put(p *Pipe, empty bool) {
 	pl.mu.Lock()
@@ -105,9 +114,7 @@ func (pl *Pool) Put(p *Pipe, empty bool) {
 		np, err := NewPipe(pl.size)
 		if err != nil {
 			pl.live--
-			if pl.live == 0 {
-				pl.goneOnce.Do(func() { close(pl.gone) })
-			}
+			pl.shrinkLocked()
 			return
 		}
 		p = np
@@ -115,13 +122,21 @@ func (pl *Pool) Put(p *Pipe, empty bool) {
 	pl.idle <- p // never blocks: idle has room for every live pipe
 }
 
+// shrinkLocked wakes the waiting takers to look again. Caller holds mu.
+func (pl *Pool) shrinkLocked() {
+	close(pl.shrunk)
+	pl.shrunk = make(chan struct{})
+}
+
 // Close closes the idle pipes and ends the pool: pipes still taken are
 // closed when they are put back, and waiting Takes return nil.
 func (pl *Pool) Close() {
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
-	pl.closed = true
-	pl.goneOnce.Do(func() { close(pl.gone) })
+	if !pl.closed {
+		pl.closed = true
+		pl.shrinkLocked()
+	}
 	for {
 		select {
 		case p := <-pl.idle:

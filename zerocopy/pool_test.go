@@ -121,3 +121,36 @@ func TestPoolPutAfterClose(t *testing.T) {
 		t.Fatal("a closed pool handed out a pipe")
 	}
 }
+
+// TestPoolTakeBelow checks that a taker holding as many pipes as the pool
+// has gets nil at once instead of waiting for itself, that one holding
+// fewer waits for a pipe another holder gives back, and that Close wakes
+// a waiting taker.
+func TestPoolTakeBelow(t *testing.T) {
+	pl := NewPool(2, DefaultPipeSize)
+	if pl == nil {
+		t.Fatal("no pool")
+	}
+	a, b := pl.TakeBelow(nil, 0), pl.TakeBelow(nil, 1)
+	if a == nil || b == nil {
+		t.Fatal("the pool's two pipes were not handed out")
+	}
+	if p := pl.TakeBelow(nil, 2); p != nil {
+		t.Fatal("a taker holding the whole pool got a pipe")
+	}
+	// Holding one, the taker waits for the other holder's pipe.
+	got := make(chan *Pipe)
+	go func() { got <- pl.TakeBelow(nil, 1) }()
+	pl.Put(b, true)
+	if p := <-got; p != b {
+		t.Fatal("the waiting taker did not get the pipe given back")
+	}
+	// Close wakes a waiting taker.
+	go func() { got <- pl.TakeBelow(nil, 1) }()
+	pl.Close()
+	if p := <-got; p != nil {
+		t.Fatal("a taker woken by Close got a pipe")
+	}
+	pl.Put(a, true)
+	pl.Put(b, true)
+}

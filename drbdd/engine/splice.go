@@ -250,18 +250,18 @@ func (s *session) readBlock(h protocol.Header) (d protocol.DataHeader, b *rxBloc
 			b.mem, b.pooled = getBuf(k), true
 			io.ReadFull(s.dataRd, b.mem)
 		}
+		// Only the receiver takes these pipes, and the writes that hold
+		// the others give them back, so waiting for one is safe, unless
+		// this block holds all the pool has (a block in small fragments,
+		// in pipes smaller than asked for): then the rest goes into
+		// memory.
 		taken := 0
 		err = b.chain.FillFromConn(z.raw, n-len(b.mem), func() *zerocopy.Pipe {
-			// Only the receiver takes these pipes, and the writes that
-			// hold the others give them back, so waiting for one is
-			// safe, unless this block holds all the pool has: it would
-			// wait for itself (a block in small fragments, in pipes
-			// smaller than asked for).
-			if taken >= z.rx.Live() {
-				return nil
+			p := z.rx.TakeBelow(s.ctx.Done(), taken)
+			if p != nil {
+				taken++
 			}
-			taken++
-			return z.rx.Take(s.ctx.Done())
+			return p
 		})
 		if errors.Is(err, zerocopy.ErrNoPipe) && s.ctx.Err() == nil {
 			err = b.intoMemory(&s.rxLimit, s.dataRd)
