@@ -211,7 +211,11 @@ func (d *FileDevice) directIO(op uint16, p []byte, off int64) (int, error) {
 // Sync flushes completed writes to stable storage with fdatasync. For a
 // block device that also flushes the device's volatile write cache.
 func (d *FileDevice) Sync() error {
-	if err := unix.Fdatasync(int(d.buffered.Fd())); err != nil {
+	fd := d.buffered.Fd()
+	if fd == ^uintptr(0) {
+		return ErrClosed
+	}
+	if err := unix.Fdatasync(int(fd)); err != nil {
 		return fmt.Errorf("fdatasync %s: %w", d.path, err)
 	}
 	return nil

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"drbdd/drbdd/bdev"
 	"drbdd/drbdd/meta"
 	"drbdd/drbdd/replication"
 	"drbdd/protocol"
@@ -632,6 +633,7 @@ func (s *session) dispatchBlock(cmd protocol.Cmd, dh protocol.DataHeader, blk *r
 	}
 	y := s.getSync()
 	if y == nil || !y.target {
+		blk.release()
 		return protoErr("%s while not SyncTarget", cmd)
 	}
 	return y.gotData(dh, blk)
@@ -835,7 +837,7 @@ func (s *session) recvWrite(kind writeKind, h protocol.DataHeader, blk *rxBlock,
 				s.sendMeta(protocol.PWriteAck, &ack)
 			}
 		}
-		s.recvEpochDone(ep, ld)
+		s.recvEpochDone(ep)
 	}
 	if inline {
 		apply()
@@ -873,7 +875,7 @@ func (r *Resource) applyPeerWrite(ld *localDisk, kind writeKind, blk *rxBlock, o
 // recvBarrier closes the open receive epoch.
 func (s *session) recvBarrier(nr uint32) {
 	s.recvEpochs.barrier(nr)
-	s.recvEpochDone(nil, s.r.ldev.Load())
+	s.recvEpochDone(nil)
 }
 
 // recvEpochDone records a finished peer write and acknowledges, in order,
@@ -882,22 +884,25 @@ func (s *session) recvBarrier(nr uint32) {
 // client flushed in an epoch, the disk is flushed first, so that the
 // barrier ack promises stable storage; otherwise it promises completion
 // (write ordering "d").
-func (s *session) recvEpochDone(e *recvEpoch, ld *localDisk) {
+func (s *session) recvEpochDone(e *recvEpoch) {
 	flush := func() error {
-		// A disk being detached is flushed all the same: the epochs'
-		// writes went to it. Once it is closed (and so synced), no disk
-		// is left to flush.
-		if ld == nil {
-			ld = s.r.retiring.Load()
-		}
-		if ld == nil {
-			return nil
-		}
-		if err := ld.dev.Sync(); err != nil {
-			s.r.localIOError("flush", 0, err)
-			err = fmt.Errorf("flush for barrier: %w", err)
-			s.cancel(err)
-			return err
+		// The epochs' writes went to the attached disk or to one being
+		// detached, which is flushed all the same; a disk already closed
+		// was synced as it closed.
+		for _, ld := range []*localDisk{s.r.ldev.Load(), s.r.retiring.Load()} {
+			if ld == nil {
+				continue
+			}
+			err := ld.dev.Sync()
+			if errors.Is(err, bdev.ErrClosed) {
+				continue // closed meanwhile by a detach, and so synced
+			}
+			if err != nil {
+				s.r.localIOError("flush", 0, err)
+				err = fmt.Errorf("flush for barrier: %w", err)
+				s.cancel(err)
+				return err
+			}
 		}
 		return nil
 	}

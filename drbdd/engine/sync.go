@@ -416,6 +416,7 @@ func digest(alg string, p []byte) ([]byte, error) {
 func (y *syncState) gotData(d protocol.DataHeader, blk *rxBlock) error {
 	s := y.s
 	r := s.r
+	defer func() { blk.release() }() // until apply owns it
 	ld := r.ldev.Load()
 	off, n := int64(d.Sector)*512, blk.n
 	if ld == nil {
@@ -431,7 +432,6 @@ func (y *syncState) gotData(d protocol.DataHeader, blk *rxBlock) error {
 	// A block held in a pipe is copied into the page cache by its own
 	// goroutine, while the receiver goes on.
 	inline := !ld.direct() && !blk.held()
-	defer func() { blk.release() }() // until apply owns it
 	if !inline {
 		blk = blk.ownCopy()
 	}
