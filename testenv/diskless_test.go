@@ -621,3 +621,34 @@ func TestDisklessAckedClearedAfterDemote(t *testing.T) {
 		t.Fatalf("re-attaching the disk just detached was refused: %s", strings.TrimSpace(out))
 	}
 }
+
+// TestDisklessPrimarySeesPeersNewGeneration: bob is promoted while alice
+// is diskless, which starts a new generation on bob (her disk is out of
+// his reach). Bob demotes and alice is promoted diskless: the device now
+// shows bob's new generation, so alice's own old disk, of the generation
+// before, must not be attached while the two are apart; and alice must
+// reconnect to bob. (The randomized scenario test found alice keeping
+// bob's old current UUID: she refused to reconnect, took her stale disk,
+// wrote to it, and the next handshake made bob SyncSource over those
+// writes.)
+func TestDisklessPrimarySeesPeersNewGeneration(t *testing.T) {
+	p := NewPair(t, PairOptions{})
+	p.Up(t)
+	p.InitialSync(t, p.A)
+	p.A.MustAdm("secondary", "r0")
+	p.A.MustAdm("detach", "r0")
+	p.A.WaitState("dstate", "r0", "Diskless/UpToDate", 20*time.Second)
+	p.B.MustAdm("primary", "r0")
+	p.B.MustAdm("secondary", "r0")
+	p.A.MustAdm("primary", "r0")
+	p.A.WaitState("role", "r0", "Primary/Secondary", 20*time.Second)
+
+	p.B.MustAdm("disconnect", "r0")
+	p.A.WaitState("cstate", "r0", "WFConnection", 20*time.Second)
+	if out, err := p.A.Adm("attach", "r0"); err == nil {
+		t.Fatalf("alice attached her disk of the old generation while the device shows bob's new one: %s\n%s", out, p.states())
+	}
+	p.B.MustAdm("connect", "r0")
+	p.A.WaitState("cstate", "r0", "Connected", 20*time.Second)
+	p.A.WaitState("dstate", "r0", "Diskless/UpToDate", 20*time.Second)
+}

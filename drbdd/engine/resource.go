@@ -424,6 +424,14 @@ func (r *Resource) promote(force bool) error {
 			r.logf("meta data update on promotion: %v", err)
 		} else if generated && !forced {
 			r.logf("new current UUID %s (promoted without the peer's disk)", ld.uuids())
+			if s := r.sess.Load(); s != nil {
+				// Connected to a diskless peer: it shows this disk's
+				// data, and must know the new generation (a diskless
+				// Primary exposes it, see recvUUIDs). Otherwise it would
+				// take its own disk of the generation before for the data
+				// it shows.
+				s.sendUUIDs(0)
+			}
 		}
 		if forced {
 			// The forced UpToDate is a new generation: re-run the sync
