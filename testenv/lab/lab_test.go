@@ -253,6 +253,10 @@ func TestLabKernelLinkDead(t *testing.T) {
 	must("drbdadm create-md --force r0 && drbdadm up r0 && drbdadm primary --force r0")
 	must("mkfs.ext4 -q -F /dev/nbd0 && mkdir -p /mnt/r0 && mount -t ext4 /dev/nbd0 /mnt/r0")
 	must(loadCmd("load"))
+	// Files are written until the re-attach shows in the log. A count of
+	// rounds is no bound here: on a fast host they all ran before the
+	// fault fired. Two minutes leave the fault's 12 s many times over.
+	giveUp := time.Now().Add(2 * time.Minute)
 	for round := 0; ; round++ {
 		if err := s.writeFiles(a, fmt.Sprintf("files%d", round), 40); err != nil {
 			t.Fatal(err)
@@ -260,8 +264,8 @@ func TestLabKernelLinkDead(t *testing.T) {
 		if _, code, _ := a.Run(ctx, "grep -q '/dev/nbd0: re-attached' /var/log/drbdd.log"); code == 0 {
 			break
 		}
-		if round == 30 {
-			t.Fatalf("drbdd did not re-attach /dev/nbd0:\n%s", must("tail -20 /var/log/drbdd.log; dmesg | tail -10"))
+		if time.Now().After(giveUp) {
+			t.Fatalf("drbdd did not re-attach /dev/nbd0 after %d rounds of files:\n%s", round+1, must("tail -20 /var/log/drbdd.log; dmesg | tail -10"))
 		}
 	}
 	// More writes after the re-attach, then stop the load.
