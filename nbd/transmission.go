@@ -486,14 +486,7 @@ func (t *transmission) readIntoPipe(r *request) error {
 	// pool has (a write in small fragments, in pipes smaller than asked
 	// for): then the rest goes into memory.
 	c := &zerocopy.Chain{}
-	taken := 0
-	err := c.FillFromConn(t.raw, n-len(r.buf), func() *zerocopy.Pipe {
-		p := t.pipes.TakeBelow(t.done, taken)
-		if p != nil {
-			taken++
-		}
-		return p
-	})
+	err := c.FillFromConn(t.raw, n-len(r.buf), t.pipes.LoneTaker(t.done))
 	if errors.Is(err, zerocopy.ErrNoPipe) && !t.closing() {
 		return t.payloadIntoMemory(r, c)
 	}
@@ -514,11 +507,7 @@ func (t *transmission) readIntoPipe(r *request) error {
 func (t *transmission) payloadIntoMemory(r *request, c *zerocopy.Chain) error {
 	buf, bufp := getBuffer(int(r.h.Length))
 	k := copy(buf, r.buf)
-	held := c.Len()
-	err := c.ReadFull(buf[k : k+held])
-	if err == nil {
-		err = t.cr.ReadFullPast(t.br, buf[k+held:])
-	}
+	err := t.cr.ReadChainThenPast(t.br, c, buf[k:])
 	c.Release(t.pipes.Put)
 	if err != nil {
 		putBuffer(bufp)

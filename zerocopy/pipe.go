@@ -410,6 +410,17 @@ func (c *CappedReader) Read(p []byte) (int, error) {
 	return c.R.Read(p)
 }
 
+// ReadChainThenPast fills p with what chain holds, then with the rest
+// from c.R past br (see ReadFullPast): for a block whose pipes ran out
+// while it was being received, when br's buffer holds none of it.
+func (c *CappedReader) ReadChainThenPast(br *bufio.Reader, chain *Chain, p []byte) error {
+	held := chain.Len()
+	if err := chain.ReadFull(p[:held]); err != nil {
+		return err
+	}
+	return c.ReadFullPast(br, p[held:])
+}
+
 // ReadFullPast reads len(p) bytes for br, a buffered reader over c: what
 // br holds first, then the rest from c.R directly, past br's buffer, so
 // that a large block is not copied through it. The caller caps br's next

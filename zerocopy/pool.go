@@ -101,6 +101,20 @@ func (pl *Pool) ChainTaker(done <-chan struct{}) func() *Pipe {
 	}
 }
 
+// LoneTaker returns the take function for one chain whose taker is the
+// pool's only one (see TakeBelow): it counts the pipes the chain has
+// taken, so that it never waits for a pipe the chain itself holds.
+func (pl *Pool) LoneTaker(done <-chan struct{}) func() *Pipe {
+	taken := 0
+	return func() *Pipe {
+		p := pl.TakeBelow(done, taken)
+		if p != nil {
+			taken++
+		}
+		return p
+	}
+}
+
 // Put gives a pipe back; empty says it holds no bytes and can be reused.
 func (pl *Pool) Put(p *Pipe, empty bool) {
 	pl.mu.Lock()

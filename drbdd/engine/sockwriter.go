@@ -137,16 +137,12 @@ func (w *sockWriter) send(cmd protocol.Cmd, parts ...[]byte) error {
 // but a keepalive that waited with it would let the peer's ping-timeout
 // end a healthy connection. DRBD's asender likewise answers pings
 // whatever the disk does.
-func (w *sockWriter) sendPastCork(cmd protocol.Cmd, parts ...[]byte) error {
+func (w *sockWriter) sendPastCork(cmd protocol.Cmd) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if err := w.pc.WritePacket(cmd, parts...); err != nil {
+	if err := w.pc.WritePacket(cmd); err != nil {
 		return err
 	}
-	if w.out.buffered() == 0 {
-		return nil // written already (a large packet)
-	}
-	w.out.packets++
 	return w.flushLocked()
 }
 

@@ -162,16 +162,11 @@ func (b *rxBlock) skip(length int64) {
 // intoMemory moves a block whose pipes ran out while it was received
 // into a buffer of its own: what the pipes hold, then the rest from the
 // socket, read through rd past its buffer (see
-// zerocopy.CappedReader.ReadFullPast).
+// zerocopy.CappedReader.ReadChainThenPast).
 func (b *rxBlock) intoMemory(cr *zerocopy.CappedReader, rd *bufio.Reader) error {
 	buf := getBuf(int(b.n))
 	k := copy(buf, b.mem)
-	held := b.chain.Len()
-	if err := b.chain.ReadFull(buf[k : k+held]); err != nil {
-		putBuf(buf)
-		return err
-	}
-	if err := cr.ReadFullPast(rd, buf[k+held:]); err != nil {
+	if err := cr.ReadChainThenPast(rd, b.chain, buf[k:]); err != nil {
 		putBuf(buf)
 		return err
 	}
@@ -255,14 +250,7 @@ func (s *session) readBlock(h protocol.Header) (d protocol.DataHeader, b *rxBloc
 		// this block holds all the pool has (a block in small fragments,
 		// in pipes smaller than asked for): then the rest goes into
 		// memory.
-		taken := 0
-		err = b.chain.FillFromConn(z.raw, n-len(b.mem), func() *zerocopy.Pipe {
-			p := z.rx.TakeBelow(s.ctx.Done(), taken)
-			if p != nil {
-				taken++
-			}
-			return p
-		})
+		err = b.chain.FillFromConn(z.raw, n-len(b.mem), z.rx.LoneTaker(s.ctx.Done()))
 		if errors.Is(err, zerocopy.ErrNoPipe) && s.ctx.Err() == nil {
 			err = b.intoMemory(&s.rxLimit, s.dataRd)
 		}
