@@ -19,7 +19,9 @@ banner() { printf '\n==== %s ====\n' "$*"; }
 # the system python) is present.
 have_tool() {
 	case "$1" in
-	py:*) "$PY" -c "import ${1#py:}" >/dev/null 2>&1 ;;
+	# -I: the module must come from the system, not from a directory of
+	# the same name in the working directory (the repository has nbd/).
+	py:*) "$PY" -I -c "import ${1#py:}" >/dev/null 2>&1 ;;
 	*) command -v "$1" >/dev/null 2>&1 ;;
 	esac
 }

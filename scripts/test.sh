@@ -51,7 +51,7 @@ done
 
 # Debian packages of the programs the tests drive (tool=package).
 BASE_TOOLS=(qemu-io=qemu-utils qemu-img=qemu-utils nbdinfo=libnbd-bin nbdcopy=libnbd-bin
-	nbdsh=libnbd-bin py:nbd=python3-libnbd fio=fio nbdkit=nbdkit ip=iproute2 tc=iproute2
+	nbdsh=python3-libnbd py:nbd=python3-libnbd fio=fio nbdkit=nbdkit ip=iproute2 tc=iproute2
 	ping=iputils-ping fallocate=util-linux python3=python3)
 # The two-VM lab (testenv/lab): qemu with TCG, a busybox initramfs, depmod,
 # unpacking the cloud kernel .deb (the same list as testenv/lab's hostTools,
