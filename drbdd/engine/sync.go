@@ -483,7 +483,12 @@ func (y *syncState) gotData(d protocol.DataHeader, blk *rxBlock) error {
 			b = end
 		}
 		r.io.local.Add(-1)
-		r.io.writes.release(lr)
+		// The range stays locked until the ack is queued: an application
+		// write to the same blocks waits for it, so its own ack (with
+		// on-io-error pass_on, a P_NEG_ACK) cannot reach the SyncSource
+		// before this one, which would mark the blocks in sync after
+		// the failure had marked them out of sync.
+		defer r.io.writes.release(lr)
 		mine.release()
 		s.peerBuffers.release(n)
 		ack := protocol.BlockAck{Sector: d.Sector, BlockID: d.BlockID, BlkSize: uint32(n)}
