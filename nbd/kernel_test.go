@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -42,6 +43,12 @@ type fakeNBDKernel struct {
 
 func newFakeNBDKernel(t *testing.T) *fakeNBDKernel {
 	f := &fakeNBDKernel{t: t, pickedIndex: 5, sentDisc: true}
+	// The fake's devices have no sysfs directories unless a test makes
+	// them; the host's /sys/block is never touched.
+	if sysBlock == "/sys/block" {
+		sysBlock = t.TempDir()
+		t.Cleanup(func() { sysBlock = "/sys/block" })
+	}
 	t.Cleanup(func() {
 		f.mu.Lock()
 		defer f.mu.Unlock()
@@ -457,5 +464,59 @@ func TestInUse(t *testing.T) {
 	defer func() { cmd.Process.Kill(); cmd.Wait() }()
 	if busy, err := InUse(dev); err != nil || !busy {
 		t.Fatalf("%s open by pid %d: InUse = %v, %v", dev, cmd.Process.Pid, busy, err)
+	}
+}
+
+// fakeQueue creates sysfs's queue directory of nbd<index> under sysBlock
+// with the given max_hw_sectors_kb and the block layer's default request
+// size limit, and returns the path of its max_sectors_kb.
+func fakeQueue(t *testing.T, index, hwKB int) string {
+	t.Helper()
+	q := filepath.Join(sysBlock, "nbd"+strconv.Itoa(index), "queue")
+	if err := os.MkdirAll(q, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(q, "max_hw_sectors_kb"), []byte(strconv.Itoa(hwKB)+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(q, "max_sectors_kb")
+	if err := os.WriteFile(p, []byte("128\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestAttachKernelRaisesMaxRequest(t *testing.T) {
+	for _, tc := range []struct {
+		hwKB int
+		want string
+	}{
+		{32768, "1024\n"}, // the driver's limit: 1 MiB requests
+		{512, "512\n"},    // a device that takes less keeps its limit
+	} {
+		f := newFakeNBDKernel(t)
+		maxKB := fakeQueue(t, 3, tc.hwKB)
+		d, err := AttachKernel(context.Background(), f, 3, &Export{Name: "r0", Backend: newMemBackend(1 << 20)}, 1, KernelOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(maxKB)
+		d.Abandon()
+		if err != nil || string(got) != tc.want {
+			t.Errorf("max_hw_sectors_kb %d: max_sectors_kb %q (%v), want %q", tc.hwKB, got, err, tc.want)
+		}
+	}
+
+	// Without the queue's sysfs files the device is attached all the
+	// same, and the log says why the limit stayed.
+	f := newFakeNBDKernel(t)
+	var logs logBuffer
+	d, err := AttachKernel(context.Background(), f, 4, &Export{Name: "r0", Backend: newMemBackend(1 << 20)}, 1, KernelOptions{Logf: logs.logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Abandon()
+	if !strings.Contains(logs.String(), "nbd4: keeping the kernel's request size limit") {
+		t.Errorf("log:\n%s", logs.String())
 	}
 }

@@ -163,6 +163,11 @@ func TestKernelAttachFilesystem(t *testing.T) {
 	if got := sysfs(t, index, "backend"); got != "drbdd:invm" {
 		t.Errorf("backend %q", got)
 	}
+	// 1 MiB writes reach drbdd whole instead of in the block layer's
+	// default 128 KiB pieces.
+	if got, want := sysfs(t, index, "queue/max_sectors_kb"), strconv.Itoa(nbd.KernelMaxRequest>>10); got != want {
+		t.Errorf("max_sectors_kb %s, want %s", got, want)
+	}
 	st, err := k.Status(ctx, index)
 	if err != nil || len(st) != 1 || !st[0].Connected {
 		t.Fatalf("Status(%d) = %v, %v", index, st, err)
